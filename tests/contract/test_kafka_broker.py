@@ -1,0 +1,348 @@
+"""Kafka specifics the shared contract cannot see: offsets, partitions, crashes, ledger.
+
+Every test talks to a real Kafka-compatible server (Tansu by default, see
+tests/support/servers.py); nothing is mocked. Crashes are real: a worker process holding
+a task is SIGKILLed, so it neither commits nor leaves its group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from murmur.brokers import ClaimState, Delivery, Outbound, Remember, connect_broker
+from murmur.brokers._kafka_assignor import _Owned, assign_partitions
+from murmur.brokers._kafka_offsets import DeliveryRuns, PartitionState
+from murmur.brokers.kafka import KafkaBroker, KafkaTaskConsumer
+from murmur.errors import BrokerUnavailable
+from murmur.messages import topics
+from tests.support.crash import hold_and_die
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bootstrap(url: str) -> str:
+    return url.split("://", 1)[1]
+
+
+@contextlib.asynccontextmanager
+async def kafka(url: str, **options: Any) -> AsyncIterator[KafkaBroker]:
+    broker = await connect_broker(url, **options)
+    assert isinstance(broker, KafkaBroker)
+    try:
+        yield broker
+    finally:
+        await broker.close()
+
+
+async def member(
+    broker: KafkaBroker,
+    agent: str,
+    name: str,
+    *,
+    reclaim_ms: int = 1000,
+    max_outstanding: int = 100,
+) -> KafkaTaskConsumer:
+    c = broker.task_consumer(
+        agent, consumer_id=name, reclaim_min_idle_ms=reclaim_ms, max_outstanding=max_outstanding
+    )
+    await c.start()
+    return c
+
+
+def task(agent: str, i: int) -> Outbound:
+    return Outbound(topics.task_topic(agent), b'{"i": %d}' % i, {"k": "v"}, key=b"task-%d" % i)
+
+
+async def take(c: KafkaTaskConsumer, n: int, timeout: float = 15.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"only {len(got)} of {n} deliveries arrived"
+        got += await c.fetch(n - len(got), 0.5)
+    return got
+
+
+async def committed(url: str, group: str, tp: TopicPartition) -> int | None:
+    """The group's committed offset, read the way Tansu allows (quirk 3: no admin call)."""
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap(url), group_id=group)
+    await client.start()
+    try:
+        return await client.committed(tp)  # type: ignore[no-any-return]
+    finally:
+        await client.stop()
+
+
+async def partition_count(url: str, topic: str) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap(url))
+    await producer.start()
+    try:
+        return len(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+
+
+# --------------------------------------------------------------------------- offsets
+
+
+async def test_out_of_order_completion_commits_only_the_contiguous_prefix(
+    kafka_url: str, unique: str
+) -> None:
+    tp = TopicPartition(topics.task_topic(unique), 0)
+    async with kafka(kafka_url, partitions=1) as broker:
+        await broker.publish([task(unique, i) for i in range(4)])
+        c = await member(broker, unique, "c1")
+        got = sorted(await take(c, 4), key=lambda d: d.id)
+        assert [d.id for d in got] == ["0:0", "0:1", "0:2", "0:3"]
+        for i in (2, 3, 0):  # 1 is still running
+            await c.complete(got[i])
+        await c.flush()
+        assert await committed(kafka_url, tp.topic, tp) == 1
+        await c.close()  # closing commits what is contiguous: still 1
+        assert await committed(kafka_url, tp.topic, tp) == 1
+
+        again = await member(broker, unique, "c2")
+        back = sorted(await take(again, 3), key=lambda d: d.id)
+        assert [d.id for d in back] == ["0:1", "0:2", "0:3"]
+        assert [d.delivery_count for d in back] == [2, 2, 2]
+        assert await again.fetch(10, 0.5) == []
+        for d in back:
+            await again.complete(d)
+        await again.flush()
+        assert await committed(kafka_url, tp.topic, tp) == 4
+        await again.close()
+
+
+def test_partition_state_commit_point_never_passes_an_unfinished_offset() -> None:
+    state = PartitionState(0)
+    state.hand_out([10, 11, 12, 13])
+    assert state.commit_point() == 10
+    assert not state.finish(12)
+    assert not state.finish(13)
+    assert state.commit_point() == 10
+    assert state.finish(10)
+    assert state.commit_point() == 11
+    assert state.finish(11)
+    assert state.commit_point() == 14
+    assert state.outstanding == 0
+    assert not state.finish(11)  # a duplicate completion changes nothing
+
+
+def test_delivery_runs_count_redeliveries_compactly() -> None:
+    runs, priors = DeliveryRuns().bumped([5, 6, 7, 8], floor=5)
+    assert priors == [0, 0, 0, 0]
+    assert runs.runs == ((5, 8, 1),)
+    runs, priors = runs.bumped([6, 7], floor=6)  # 5 got committed, 6-7 come back
+    assert priors == [1, 1]
+    assert runs.runs == ((6, 7, 2), (8, 8, 1))
+    assert DeliveryRuns.decode(runs.encode(3)) == runs
+    assert runs.pending(7, 100) == (2, 9)
+    assert DeliveryRuns.decode(b"not json") == DeliveryRuns()
+
+
+# --------------------------------------------------------------------------- topics, prefetch
+
+
+async def test_topics_are_created_with_the_configured_partition_count(
+    kafka_url: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with kafka(kafka_url, partitions=3) as broker:
+        c = await member(broker, unique, "c")
+        assert await partition_count(kafka_url, topics.task_topic(unique)) == 3
+        assert await partition_count(kafka_url, f"murmur.{unique}.ledger") == 3
+        assert await partition_count(kafka_url, f"murmur.{unique}.deliveries") == 3
+        await broker.publish_one(topics.results_topic(unique), b"r")
+        assert await partition_count(kafka_url, topics.results_topic(unique)) == 1
+        await c.close()
+    monkeypatch.setenv("MURMUR_KAFKA_PARTITIONS", "5")
+    async with kafka(kafka_url) as broker:
+        assert broker.partitions == 5
+        await broker.ensure_task_topic(unique + "x")
+        assert await partition_count(kafka_url, topics.task_topic(unique + "x")) == 5
+
+
+async def test_prefetch_is_honoured(kafka_url: str, unique: str) -> None:
+    async with kafka(kafka_url, partitions=4) as broker:
+        await broker.publish([task(unique, i) for i in range(20)])
+        c = await member(broker, unique, "bounded", max_outstanding=3)
+        held = await take(c, 3)
+        assert c.outstanding == 3
+        assert await c.fetch(100, 0.3) == []
+        stats = await broker.queue_stats(unique)
+        assert (stats.pending, stats.depth) == (3, 17), "the member claimed more than prefetch"
+        await c.complete(held.pop())
+        more = await c.fetch(100, 5.0)
+        assert len(more) == 1
+        for d in held + more:
+            await c.complete(d)
+        await c.close()
+
+
+# --------------------------------------------------------------------------- wire format
+
+
+async def test_record_from_a_plain_kafka_producer_is_delivered_byte_exact(
+    kafka_url: str, unique: str
+) -> None:
+    body = bytes(range(256)) + "ü".encode()
+    headers = [("murmur-sig", b"ab" * 32), ("murmur-kid", b"0123abcd"), ("x-text", "ä €".encode())]
+    async with kafka(kafka_url) as broker:
+        await broker.ensure_task_topic(unique)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap(kafka_url))
+        await producer.start()
+        try:  # what a publisher in another language does: one produce, key = task id
+            await producer.send_and_wait(
+                topics.task_topic(unique), body, key=b"task-1", headers=headers
+            )
+        finally:
+            await producer.stop()
+        c = await member(broker, unique, "c")
+        (d,) = await take(c, 1)
+        assert d.body == body
+        assert dict(d.headers) == {k: v.decode() for k, v in headers}
+        assert d.delivery_count == 1
+        await c.complete(d)
+        await c.close()
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+async def test_delivery_count_grows_each_time_a_member_dies(kafka_url: str, unique: str) -> None:
+    async with kafka(kafka_url, partitions=2) as broker:
+        await broker.publish([task(unique, 1)])
+        assert await hold_and_die(kafka_url, unique) == 1
+        assert await hold_and_die(kafka_url, unique) == 2
+        survivor = await member(broker, unique, "survivor")
+        (d,) = await take(survivor, 1)
+        assert d.delivery_count == 3
+        assert d.body == task(unique, 1).body
+        await survivor.complete(d)
+        await survivor.close()
+
+
+async def test_release_requeues_with_the_attempt_header(kafka_url: str, unique: str) -> None:
+    async with kafka(kafka_url, partitions=1) as broker:
+        await broker.publish([task(unique, 1)])
+        c = await member(broker, unique, "c")
+        (first,) = await take(c, 1)
+        await c.release([first])
+        (second,) = await take(c, 1)
+        assert second.body == first.body
+        assert (second.delivery_count, second.headers["murmur-attempt"]) == (2, "2")
+        assert second.headers["k"] == "v"
+        await c.complete(second)
+        await c.close()
+
+
+async def test_a_running_task_keeps_its_partition_when_a_member_joins(
+    kafka_url: str, unique: str
+) -> None:
+    async with kafka(kafka_url, partitions=2) as broker:
+        await broker.publish([task(unique, i) for i in range(10)])  # both partitions
+        holder = await member(broker, unique, "holder")
+        held = await take(holder, 10)
+        assert {d.id.split(":")[0] for d in held} == {"0", "1"}
+        other = await member(broker, unique, "other")
+        stolen: list[Delivery] = []
+        deadline = time.monotonic() + 4  # a join round plus the rebalance it triggers
+        while time.monotonic() < deadline:
+            stolen += await other.fetch(10, 0.2)
+        assert stolen == [], "a partition with running tasks moved to the new member"
+        for d in held:
+            await holder.complete(d)
+        await other.close()
+        await holder.close()
+
+
+# --------------------------------------------------------------------------- ledger
+
+
+async def test_ledger_result_is_found_by_a_new_member_after_a_rebalance(
+    kafka_url: str, unique: str
+) -> None:
+    async with kafka(kafka_url) as broker:
+        await broker.publish([task(unique, 1)])
+        a = await member(broker, unique, "a")
+        (d,) = await take(a, 1)
+        await a.complete(d, remember=Remember("task-1", b'{"out": 1}', ttl_ms=60_000))
+        await a.close()
+    async with kafka(kafka_url) as broker:  # a new process: nothing in memory
+        await broker.publish([task(unique, 2)])
+        b = await member(broker, unique, "b")
+        (d2,) = await take(b, 1)  # assigned, and the ledger loaded before any hand-out
+        assert d2.body == task(unique, 2).body
+        done, fresh = await b.claim(["task-1", "task-2"])
+        assert (done.state, done.result) == (ClaimState.DONE, b'{"out": 1}')
+        assert fresh.state is ClaimState.CLAIMED
+        await b.complete(d2)
+        await b.close()
+
+
+# --------------------------------------------------------------------------- repair, errors
+
+
+async def test_delete_out_of_order_then_at_the_head(kafka_url: str, unique: str) -> None:
+    topic = topics.dead_topic(unique)
+    async with kafka(kafka_url) as broker:
+        await broker.publish([Outbound(topic, b"m%d" % i) for i in range(5)])
+        ids = [m.id for m in await broker.read(topic)]
+        assert await broker.delete(topic, [ids[1], ids[3], "0:999", "bogus"]) == 2
+        assert [m.body for m in await broker.read(topic)] == [b"m0", b"m2", b"m4"]
+        assert await broker.delete(topic, [ids[1]]) == 0  # already gone
+        assert await broker.delete(topic, [ids[0]]) == 1  # the head moves past 0 and 1
+        assert [m.body for m in await broker.read(topic)] == [b"m2", b"m4"]
+        assert (await broker.queue_stats(unique)).dead == 2
+        assert await broker.purge(topic) == 2
+        assert await broker.read(topic) == []
+        assert (await broker.queue_stats(unique)).dead == 0
+
+
+async def test_unreachable_server_fails_fast_and_clearly() -> None:
+    from tests.support.servers import free_port
+
+    broker = KafkaBroker(f"kafka://127.0.0.1:{free_port()}", connect_timeout=5)
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match=r"cannot connect to Kafka at kafka://127\.0\.0\.1"):
+        await broker.connect()
+    assert time.monotonic() - started < 6
+    await broker.close()
+
+
+# --------------------------------------------------------------------------- assignor
+
+
+def test_assignor_keeps_busy_partitions_and_balances_the_rest() -> None:
+    parts = list(range(12))
+    # a owned everything and is running tasks in 3 and 7; b and c just joined
+    reports = {"a": _Owned(owned=parts, busy=[3, 7]), "b": _Owned(), "c": _Owned()}
+    plan = assign_partitions(parts, reports)
+    assert {3, 7} <= set(plan["a"])
+    assert sorted(p for ps in plan.values() for p in ps) == parts
+    assert sorted(len(ps) for ps in plan.values()) == [4, 4, 4]
+    # a dead member reports nothing: everything is dealt to the living
+    plan = assign_partitions(parts, {"b": _Owned(owned=plan["b"]), "c": _Owned()})
+    assert sorted(len(ps) for ps in plan.values()) == [6, 6]
+    # busy partitions stay even when that unbalances the group
+    plan = assign_partitions([0, 1], {"a": _Owned(owned=[0, 1], busy=[0, 1]), "b": _Owned()})
+    assert plan == {"a": [0, 1], "b": []}
+
+
+async def test_outage_surfaces_as_broker_unavailable(owned_kafka: Any, unique: str) -> None:
+    async with kafka(owned_kafka.url, request_timeout_ms=2000) as broker:
+        await broker.ensure_task_topic(unique)
+        assert await broker.ping()
+        await asyncio.to_thread(owned_kafka.kill)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="kafka publish"):
+            await broker.publish([task(unique, 1)])
+        assert time.monotonic() - started < 10
+        assert not await broker.ping(timeout=1.0)
