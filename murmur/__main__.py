@@ -1,0 +1,3 @@
+from murmur.cli import main
+
+main()
