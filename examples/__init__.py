@@ -1,0 +1,1 @@
+"""murmur examples; each folder has a README saying how to run it."""
