@@ -38,6 +38,7 @@ class WorkerStats:
     failed: int = 0  # of those, status "error"
     duplicates: int = 0  # answered from the ledger instead of running again
     redeliveries: int = 0  # deliveries with delivery_count > 1
+    stale_claims: int = 0  # claims lost during a stall, re-checked and not run again
     dead_lettered: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # (agent, status)

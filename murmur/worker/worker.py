@@ -486,6 +486,7 @@ class Worker:
         sub.waiting.extend(d for d, _ in runnable)
         try:
             claims = await sub.consumer.claim([t.task_id for _, t in runnable])
+            claimed_at = time.monotonic()
         except Exception as exc:
             # Without the ledger we cannot tell a duplicate from new work: hand the batch
             # back; it is redelivered once the broker is reachable.
@@ -505,11 +506,54 @@ class Worker:
             else:
                 self._spawn(self._await_twin(sub, d, task))
         assert self._slots is not None
+        stale_after = sub.consumer.lease_ms / 2000
         for d, task in start:
             await self._slots.acquire()
+            if time.monotonic() - claimed_at > stale_after and not await self._still_ours(
+                sub, d, task
+            ):
+                self._slots.release()
+                continue
             sub.waiting.remove(d)
             self.stats.in_flight += 1
             self._spawn(self._execute(sub, d, task))
+
+    async def _still_ours(
+        self, sub: _Subscription, d: Delivery, task: TaskMessage[msgspec.Raw]
+    ) -> bool:
+        """Re-check a claim that waited long for a slot before running its task.
+
+        If this worker's loop stalled (SIGSTOP, a blocking call, a VM pause) its leases
+        lapsed and another worker may have reclaimed and run the task meanwhile. Running it
+        again would be a needless duplicate execution: answer from the ledger, or wait for
+        the new owner, instead. Costs one ledger round trip, only for tasks that waited.
+        """
+        try:
+            (claim,) = await sub.consumer.claim([task.task_id])
+        except Exception as exc:
+            self.log.warning("ledger_unavailable", agent=sub.agent.name, error=str(exc)[:200])
+            claim = None
+        if claim is not None and claim.state is ClaimState.CLAIMED:
+            return True
+        sub.waiting.remove(d)
+        sub.held[d.id] = (d, None)  # the ledger claim is no longer ours to renew
+        done = sub.active.pop(task.task_id, None)
+        if done is not None and not done.done():
+            done.set_result(None)
+        self.stats.stale_claims += 1
+        self.log.info(
+            "stale_claim_not_run",
+            agent=sub.agent.name,
+            task_id=task.task_id,
+            state=claim.state.value if claim else "unknown",
+        )
+        if claim is None:
+            await self._give_back(sub, [d])
+        elif claim.state is ClaimState.DONE:
+            self._spawn(self._answer_duplicate(sub, d, task, claim.result or b""))
+        else:
+            self._spawn(self._await_twin(sub, d, task))
+        return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         t = asyncio.ensure_future(coro)
