@@ -64,9 +64,7 @@ app.command()(submit)
 app.command(epilog=SCHEMA)(status)
 app.add_typer(dlq.app, name="dlq")
 app.command()(demo)
-app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)(bench)
+app.command()(bench)
 
 
 def main() -> None:
