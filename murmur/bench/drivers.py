@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from murmur.client import Client
@@ -115,3 +115,28 @@ class MurmurDriver:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+async def run_windowed(
+    values: Sequence[float],
+    window: int,
+    one: Callable[[float], Awaitable[bool]],
+    progress: Progress,
+) -> int:
+    """Run ``one(value)`` for every value with ``window`` of them in flight; count successes.
+
+    For publishers whose client has no batch API (other frameworks): ``window`` coroutines
+    each take the next value until none is left.
+    """
+    it = iter(values)
+    ok = 0
+
+    async def lane() -> None:
+        nonlocal ok
+        for value in it:
+            succeeded = await one(value)  # not `ok += await ...`: that reads ok first
+            ok += bool(succeeded)
+            progress(1)
+
+    await asyncio.gather(*(lane() for _ in range(max(1, min(window, len(values))))))
+    return ok

@@ -64,6 +64,8 @@ class System:
     driver: Callable[[str, str, bytes | None], Driver]
     signing: bool = True  # can be measured with signing on
     note: str = ""
+    scenarios: tuple[str, ...] | None = None  # None: every scenario of the run
+    size: float = 1.0  # scales task counts (slow comparators get fewer tasks)
 
     @property
     def label(self) -> str:
@@ -216,7 +218,9 @@ class Runner:
 
     def plan(self, system: System, repeat: int) -> Iterator[tuple[int, bool, tuple[str, ...]]]:
         """(workers, signing, scenarios) per fleet this system runs in one repeat."""
-        wanted = self.settings.scenarios
+        wanted = tuple(
+            s for s in self.settings.scenarios if system.scenarios is None or s in system.scenarios
+        )
         first = tuple(s for s in ("latency", "noop", "io") if s in wanted)
         if "noop" not in first and {"scale", "signing"} & set(wanted):
             first = (*first, "noop")  # the baseline the others are compared with
@@ -253,6 +257,7 @@ class Runner:
         s = self.settings
         agent = "bench" + secrets.token_hex(5)
         key = self.signing_key if signing else None
+        warmup = _sized(s.warmup, system.size)
         specs = [
             system.worker(
                 WorkerRequest(system.url, agent, f"{agent}-w{i}", s.concurrency, s.prefetch, key)
@@ -265,10 +270,12 @@ class Runner:
             fleet = Fleet(specs, self.workdir / agent)
             async with fleet:
                 tag = f"{system.label} x{workers}{' signed' if signing else ''}"
-                await self._batch(driver, fleet, f"{tag} warm-up", [0.0] * s.warmup)
+                await self._batch(driver, fleet, f"{tag} warm-up", [0.0] * warmup)
                 for scenario in scenarios:
                     before = _load()
-                    figures = await self._scenario(scenario, driver, fleet, tag, workers)
+                    figures = await self._scenario(
+                        scenario, driver, fleet, tag, workers, system.size
+                    )
                     fleet.check_alive()
                     self.records.append(
                         Measurement(
@@ -298,14 +305,21 @@ class Runner:
         return ok
 
     async def _scenario(
-        self, scenario: str, driver: Driver, fleet: Fleet, tag: str, workers: int
+        self,
+        scenario: str,
+        driver: Driver,
+        fleet: Fleet,
+        tag: str,
+        workers: int,
+        size: float = 1.0,
     ) -> dict[str, float]:
         s = self.settings
         if scenario == "latency":
-            return await self._latency(driver, tag)
+            return await self._latency(driver, tag, _sized(s.latency_tasks, size))
         if scenario == "memory":
             return await self._memory(driver, fleet, tag)
         n, ms = (s.tasks, 0.0) if scenario == "noop" else (s.io_tasks, s.io_ms)
+        n = _sized(n, size)
         cpu0 = fleet.cpu_seconds()
         t0 = time.perf_counter()
         await self._batch(driver, fleet, f"{tag} {scenario}", [ms] * n)
@@ -324,8 +338,7 @@ class Runner:
             figures |= {"ideal_per_s": ideal, "of_ideal": n / elapsed / ideal}
         return figures
 
-    async def _latency(self, driver: Driver, tag: str) -> dict[str, float]:
-        n = self.settings.latency_tasks
+    async def _latency(self, driver: Driver, tag: str, n: int) -> dict[str, float]:
         tick = self.reporter.begin(f"{tag} latency", n)
         samples: list[float] = []
         try:
@@ -361,6 +374,10 @@ class Runner:
             "rss_mb": late,
             "rss_growth_mb": late - early,
         }
+
+
+def _sized(n: int, size: float) -> int:
+    return max(min(n, 50), int(n * size))
 
 
 # results -------------------------------------------------------------------------------
@@ -423,8 +440,7 @@ def document(
         "machine": runner.machine | {"loadavg_at_end": list(os.getloadavg())},
         "settings": asdict(runner.settings),
         "systems": [
-            {"name": s.name, "broker": s.broker, "signing": s.signing, "note": s.note}
-            for s in systems
+            {"name": s.name, "broker": s.broker, "note": s.note, "size": s.size} for s in systems
         ],
         "records": [asdict(r) for r in runner.records],
         "summary": summarize(runner.records),
