@@ -162,6 +162,11 @@ class WorkerCollector(Collector):
             "Deliveries answered from the idempotency ledger instead of running again.",
             value=stats.duplicates,
         )
+        yield CounterMetricFamily(
+            "murmur_presence_failures",
+            "Presence record writes that failed: `murmur status` may miss this worker.",
+            value=stats.presence_failures,
+        )
         yield GaugeMetricFamily(
             "murmur_broker_connected",
             "1 while the worker's last broker operation succeeded.",

@@ -43,8 +43,8 @@ _DELETE: Final = {_OP: "DEL"}
 _TAKEOVER_ATTEMPTS: Final = 3
 
 
-def bucket_spec(max_age_s: float, storage: str, replicas: int) -> StreamSpec:
-    """The bucket's stream, configured as ``nats kv add`` would (history 1, direct get)."""
+def bucket_spec(max_age_s: float, storage: str, replicas: int, bucket: str = BUCKET) -> StreamSpec:
+    """A bucket's stream, configured as ``nats kv add`` would (history 1, direct get)."""
     kv_flags: tuple[tuple[str, Any], ...] = (
         ("max_msgs_per_subject", 1),
         ("allow_rollup_hdrs", True),
@@ -52,7 +52,8 @@ def bucket_spec(max_age_s: float, storage: str, replicas: int) -> StreamSpec:
         ("allow_direct", True),
         ("discard", "new"),
     )
-    return StreamSpec(STREAM, (_PRE + ">",), "limits", max_age_s, storage, replicas, kv_flags)
+    subjects = (f"$KV.{bucket}.>",)
+    return StreamSpec(f"KV_{bucket}", subjects, "limits", max_age_s, storage, replicas, kv_flags)
 
 
 # ---------------------------------------------------------------------------- keys
@@ -67,10 +68,14 @@ def encode_key(agent: str, task_id: str) -> str:
     spaces or non-ASCII are encoded; ``=`` never occurs in a plain id, so the two forms
     cannot collide.
     """
-    if _PLAIN.fullmatch(task_id):
-        return f"{agent}.{task_id}"
-    raw = base64.urlsafe_b64encode(task_id.encode()).rstrip(b"=").decode()
-    return f"{agent}.={raw}"
+    return f"{agent}.{key_token(task_id)}"
+
+
+def key_token(value: str) -> str:
+    """One KV key token for any string: itself when plain, else ``=`` + base64url."""
+    if _PLAIN.fullmatch(value):
+        return value
+    return "=" + base64.urlsafe_b64encode(value.encode()).rstrip(b"=").decode()
 
 
 def decode_key(key: str) -> tuple[str, str]:

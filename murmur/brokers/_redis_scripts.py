@@ -227,3 +227,51 @@ while i <= n do
 end
 return errs
 """
+
+# Presence (DESIGN §5): KEYS[1] = hash worker id -> record, KEYS[2] = sorted set
+# worker id -> expiry (unix ms by the *server's* clock, so writers and readers on hosts
+# with skewed clocks agree). Both change together, inside one script.
+_SERVER_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# ARGV[1] = worker id, ARGV[2] = record, ARGV[3] = ttl ms.
+PRESENCE_PUT = (
+    _SERVER_NOW
+    + """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# ARGV[1] = worker id.
+PRESENCE_DROP = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+return redis.call('ZREM', KEYS[2], ARGV[1])
+"""
+
+# Prunes expired members (nobody else cleans up after a killed worker), then returns the
+# records of the live ones; HMGET in chunks stays under Lua's unpack() limit.
+PRESENCE_LIST = (
+    _SERVER_NOW
+    + """
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 1, #gone do
+  redis.call('HDEL', KEYS[1], gone[i])
+end
+if #gone > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+local out = {}
+for i = 1, #live, 1000 do
+  local vals = redis.call('HMGET', KEYS[1], unpack(live, i, math.min(i + 999, #live)))
+  for j = 1, #vals do
+    if vals[j] then out[#out + 1] = vals[j] end
+  end
+end
+return out
+"""
+)

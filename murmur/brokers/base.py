@@ -13,7 +13,10 @@ Vocabulary:
   ``reclaim_min_idle_ms``, with ``delivery_count`` incremented;
 * the **ledger** is the per-agent idempotency store (a task id -> its final result), so a
   redelivered or replayed task is answered from the stored result instead of running
-  again. Claims in it are leases held by a consumer while the task runs.
+  again. Claims in it are leases held by a consumer while the task runs;
+* **presence** is one expiring record per live worker (DESIGN §5): the worker rewrites it
+  every heartbeat and drops it on a graceful stop, so a killed worker's record simply
+  expires and ``murmur status`` lists live workers without replaying heartbeat history.
 """
 
 from __future__ import annotations
@@ -322,6 +325,26 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def queue_stats(self, agent: str) -> QueueStats: ...
+
+    # presence --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_presence(self, worker_id: str, record: bytes, ttl_ms: int) -> None:
+        """Store ``record`` as ``worker_id``'s presence, replacing the previous one.
+
+        It is listed by :meth:`list_presence` for ``ttl_ms`` after this call and then
+        disappears on its own (a killed worker needs nobody to clean up after it). The
+        record is opaque bytes to the broker.
+        """
+
+    @abc.abstractmethod
+    async def drop_presence(self, worker_id: str) -> None:
+        """Remove ``worker_id``'s presence now (a graceful stop). Idempotent."""
+
+    @abc.abstractmethod
+    async def list_presence(self) -> list[bytes]:
+        """The records of every worker whose presence has not expired or been dropped,
+        newest record per worker, in no particular order."""
 
     def describe(self) -> dict[str, Any]:
         """Facts for banners and ``status`` (never secrets)."""

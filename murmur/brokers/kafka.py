@@ -35,6 +35,7 @@ How the contract maps onto Kafka:
   (``MURMUR_KAFKA_PARTITIONS``, default 12), ledger/deliveries with the task topic's count,
   everything else (results, events, dead letters, heartbeats) with one partition so reads
   keep publication order; heartbeats are kept one day.
+* **Presence**: the compacted topic ``murmur.presence``, see ``_kafka_presence``.
 * **read/delete/purge**: Kafka cannot delete single records. The committed offsets of the
   group ``<topic>.consumed`` mark the removed head of a topic; ids deleted out of order are
   kept in the compacted topic ``<topic>.removed`` until the head passes them. ``read()``
@@ -74,6 +75,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 from faststream.kafka import KafkaBroker as FastStreamKafkaBroker
 
+from murmur.brokers import _kafka_presence
 from murmur.brokers._kafka_consumer import KafkaDelivery, KafkaTaskConsumer
 from murmur.brokers._kafka_io import (
     CLIENT_ERRORS,
@@ -91,6 +93,7 @@ from murmur.brokers._kafka_io import (
 )
 from murmur.brokers._kafka_ledger import LedgerTable
 from murmur.brokers._kafka_offsets import DeliveryRuns
+from murmur.brokers._kafka_presence import PresenceView
 from murmur.brokers.base import Broker, Message, Outbound, QueueStats, Subscription
 from murmur.brokers.urls import kafka_bootstrap
 from murmur.errors import BrokerUnavailable, ConfigurationError
@@ -226,6 +229,7 @@ class KafkaBroker(Broker):
         self._ledgers: dict[str, LedgerTable] = {}
         self._owned: set[KafkaTaskConsumer | KafkaSubscription] = set()
         self._publish_where = f"publish ({self.display_url})"
+        self._presence = PresenceView()
         quiet_client_logs()
 
     # lifecycle -----------------------------------------------------------------------
@@ -335,6 +339,8 @@ class KafkaBroker(Broker):
             return 1, {"retention.ms": str(HEARTBEAT_RETENTION_MS)}
         if topic.endswith(".removed"):
             return 1, dict(_COMPACT)
+        if topic == topics.PRESENCE:
+            return 1, dict(_kafka_presence.CONFIGS)
         return 1, {}
 
     async def _ensure_topic(
@@ -660,6 +666,40 @@ class KafkaBroker(Broker):
                 if entry[1] == group:
                     return len(entry[5])
         return None
+
+    # presence ------------------------------------------------------------------------
+
+    async def put_presence(self, worker_id: str, record: bytes, ttl_ms: int) -> None:
+        expires = str(_kafka_presence.wall_ms() + max(1, int(ttl_ms))).encode()
+        await self._write_presence(worker_id, record, [(_kafka_presence.EXPIRES_HEADER, expires)])
+
+    async def drop_presence(self, worker_id: str) -> None:
+        await self._write_presence(worker_id, None, [])  # a tombstone
+
+    async def _write_presence(
+        self, worker_id: str, value: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        await self._ensure_topic(topics.PRESENCE)
+        with translated(f"write {topics.PRESENCE}"):
+            sent = await self.producer.send(
+                topics.PRESENCE, value, key=worker_id.encode(), headers=headers
+            )
+            await sent
+
+    async def list_presence(self) -> list[bytes]:
+        n = await self._partitions_if_exists(topics.PRESENCE)
+        if not n:
+            return []
+        tps = [TopicPartition(topics.PRESENCE, p) for p in range(n)]
+        view = self._presence
+        async with self._reader_lock:
+            reader = await self._shared_reader()
+            with translated(f"read {topics.PRESENCE}"):
+                hws = await read_to_end(reader, view.starts(tps), view.apply)
+                if any(hws[tp] < view.positions.get(tp, 0) for tp in tps):
+                    view.reset()  # the topic was recreated empty: start over
+                    await read_to_end(reader, view.starts(tps), view.apply)
+        return view.live(_kafka_presence.wall_ms())
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "partitions": self.partitions}

@@ -110,6 +110,7 @@ class _Hub:
     def __init__(self) -> None:
         self.streams: dict[str, _Stream] = {}
         self.ledger: dict[tuple[str, str], _LedgerEntry] = {}
+        self.presence: dict[str, tuple[bytes, int]] = {}  # worker id -> (record, expires)
 
     def stream(self, topic: str) -> _Stream:
         s = self.streams.get(topic)
@@ -445,3 +446,18 @@ class MemoryBroker(Broker):
         depth = sum(1 for seq in stream.entries if seq > group.last_delivered)
         dead = len(self.hub.stream(topics.dead_topic(agent)).entries)
         return QueueStats(agent, depth, len(group.pending), dead, len(group.consumers))
+
+    async def put_presence(self, worker_id: str, record: bytes, ttl_ms: int) -> None:
+        self.check()
+        self.hub.presence[worker_id] = (record, _now_ms() + ttl_ms)
+
+    async def drop_presence(self, worker_id: str) -> None:
+        self.check()
+        self.hub.presence.pop(worker_id, None)
+
+    async def list_presence(self) -> list[bytes]:
+        self.check()
+        now, presence = _now_ms(), self.hub.presence
+        for worker_id in [w for w, (_, expires) in presence.items() if expires <= now]:
+            del presence[worker_id]  # prune as we go, like the other adapters
+        return [record for record, _ in presence.values()]

@@ -21,6 +21,8 @@ Layout, created idempotently (a differing config is updated: last writer wins):
 * ``MURMUR_REPLIES``: ``murmur.results.>`` and ``murmur.events.>``, ``max_age`` 1 h.
 * ``MURMUR_HEARTBEATS``: ``murmur.heartbeats``, ``max_age`` 10 min.
 * KV bucket ``murmur_ledger``: see :mod:`murmur.brokers._nats_ledger`.
+* KV bucket ``murmur_presence`` (created on first use): see
+  :mod:`murmur.brokers._nats_presence`.
 
 Group: one durable pull consumer per agent shared by the fleet, ``murmur_<agent>_tasks``,
 explicit acks, ``ack_wait = reclaim_min_idle_ms`` (1 h when reclaim is disabled), and
@@ -49,6 +51,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from murmur.brokers import _nats_presence as presence
 from murmur.brokers._nats_api import (
     API,
     MISSING,
@@ -539,6 +542,7 @@ class NatsBroker(Broker):
             storage, stream_replicas, replies_max_age, heartbeats_max_age, dead_max_age
         )
         self._ledger_spec = bucket_spec(ledger_max_age, storage, stream_replicas)
+        self._presence_spec = presence.spec(storage, stream_replicas)
         self.max_ack_pending = max_ack_pending
         self._request_timeout = request_timeout
         self._connect_timeout = connect_timeout
@@ -941,6 +945,53 @@ class NatsBroker(Broker):
                 return 0
             raise
         return int(info["state"]["messages"])
+
+    # presence ------------------------------------------------------------------------
+    # Raw JetStream API calls over the shared mux: FastStream's KV wrapper would cost a
+    # nats-py KeyValue object and its JSON round trips per call, and has no listing that
+    # filters on our expiry header.
+
+    async def put_presence(self, worker_id: str, record: bytes, ttl_ms: int) -> None:
+        self.check()
+        await self.ensure_stream(self._presence_spec)
+        headers = {presence.TTL_HEADER: str(max(1, int(ttl_ms)))}
+        reply = await self.mux.request(presence.subject(worker_id), record, headers)
+        if not reply.data and status(reply) == "503":  # the server lost the bucket
+            await self.ensure_stream(self._presence_spec, force=True)
+            reply = await self.mux.request(presence.subject(worker_id), record, headers)
+        parse_json(reply)
+
+    async def drop_presence(self, worker_id: str) -> None:
+        self.check()
+        reply = await self.mux.request(presence.subject(worker_id), b"", presence.DELETE)
+        if reply.data or status(reply) != "503":  # 503: no bucket, so nothing to drop
+            parse_json(reply)
+
+    async def list_presence(self) -> list[bytes]:
+        """Newest message per key through an ephemeral ``last_per_subject`` consumer."""
+        self.check()
+        stream = self._presence_spec.name
+        try:
+            info = await self.mux.api(
+                f"CONSUMER.CREATE.{stream}",
+                {"stream_name": stream, "config": presence.listing_consumer()},
+            )
+        except JetStreamError as exc:
+            if exc.err_code == STREAM_NOT_FOUND:
+                return []  # no worker ever announced itself here
+            raise
+        name, pending = info["name"], int(info.get("num_pending") or 0)
+        # The server's clock, so expiry is judged on one clock (see _nats_presence).
+        server_now = _ms(info.get("created", "")) or int(time.time() * 1000)
+        try:
+            if not pending:
+                return []
+            pull = f"{API}.CONSUMER.MSG.NEXT.{stream}.{name}"
+            msgs = await self._collect(pull, b'{"batch":%d,"no_wait":true}' % pending, pending)
+        finally:
+            with contextlib.suppress(BrokerUnavailable, JetStreamError):
+                await self.mux.api(f"CONSUMER.DELETE.{stream}.{name}")
+        return presence.live_records(msgs, server_now)
 
 
 def _validate(

@@ -25,6 +25,13 @@ the consumer name is the worker's ``consumer_id``.
   again from id 0 on the next fetch; every connection error surfaces as
   :class:`~murmur.errors.BrokerUnavailable` and the same objects work again once the
   server is back.
+* **presence** (DESIGN §5): a hash ``murmur.presence`` (worker id -> record) plus a
+  sorted set ``murmur.presence.expiry`` (worker id -> expiry), both written by one Lua
+  script. Not one ``SET PX`` key per worker: listing those needs ``SCAN`` over the whole
+  keyspace or an index that drifts from the keys, while the sorted set answers "who is
+  live" with one range query, and expiry is taken from the server's ``TIME``, so hosts
+  with skewed clocks agree (Redis 7.0 has no per-field ``HEXPIRE``). Listing prunes the
+  expired members, which is how a killed worker's record goes away.
 * The hot path (``XREADGROUP >`` and the write batch) sends one hiredis-packed command
   per round trip and skips redis-py's per-command machinery
   (:mod:`murmur.brokers._redis_wire`), which would cost more CPU per task than the rest
@@ -79,6 +86,7 @@ _IDLE_RECLAIM_S = 1.0  # an idle member looks for idle/released work at least th
 _AUTOCLAIM_PAGES = 4  # XAUTOCLAIM cursor steps per fetch (each scans up to 10 x COUNT)
 _SCRIPT_CHUNK = 1000  # ids per Lua call (Lua's unpack() limit is ~8000)
 _LEAVE_TIMEOUT_S = 2.0
+_PRESENCE_KEYS = [topics.PRESENCE, f"{topics.PRESENCE}.expiry"]  # see the module docstring
 
 _CONNECTION_OPTIONS = frozenset(RedisConnectionParams.__optional_keys__) | {"security"}
 # socket_timeout off (redis-py 8 defaults to 5 s): with one set, redis-py sends under
@@ -662,6 +670,9 @@ class RedisBroker(Broker):
                 ("prune", scripts.PRUNE),
                 ("leave", scripts.LEAVE),
                 ("count_after", scripts.COUNT_AFTER),
+                ("presence_put", scripts.PRESENCE_PUT),
+                ("presence_drop", scripts.PRESENCE_DROP),
+                ("presence_list", scripts.PRESENCE_LIST),
             )
         }
 
@@ -778,6 +789,23 @@ class RedisBroker(Broker):
                 )
         pending, consumers = int(group["pending"]), int(group["consumers"])
         return QueueStats(agent, int(lag), pending, int(dead), consumers)
+
+    # presence ------------------------------------------------------------------------------
+
+    async def put_presence(self, worker_id: str, record: bytes, ttl_ms: int) -> None:
+        async with self.guard():
+            await self.script("presence_put")(
+                keys=_PRESENCE_KEYS, args=[worker_id, record, max(1, int(ttl_ms))]
+            )
+
+    async def drop_presence(self, worker_id: str) -> None:
+        async with self.guard():
+            await self.script("presence_drop")(keys=_PRESENCE_KEYS, args=[worker_id])
+
+    async def list_presence(self) -> list[bytes]:
+        async with self.guard():
+            records: list[bytes] = await self.script("presence_list")(keys=_PRESENCE_KEYS)
+        return records
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "transport": "faststream+redis-py"}

@@ -42,7 +42,7 @@ from murmur.cli._common import (
     display,
     fail,
 )
-from murmur.cli._fleet import Fleet
+from murmur.cli._fleet import live_workers
 from murmur.client import Client, TaskHandle
 from murmur.config import BROKER_URL
 from murmur.logs import configure_logging
@@ -235,10 +235,8 @@ class Demo:
         t0, since = time.perf_counter(), now_ms() - 1000
         want = {f"demo-{i}" for i in range(self.n_workers)}
         async with create_broker(url) as broker:
-            fleet = Fleet()
             while True:
-                await fleet.refresh(broker, now_ms())
-                up = {b.info.worker_id for b in fleet.live(now_ms()) if b.info.started_at >= since}
+                up = {w.worker_id for w in await live_workers(broker) if w.started_at >= since}
                 if want <= up:
                     break
                 assert self.supervisor is not None

@@ -1,4 +1,4 @@
-"""``murmur status``: live workers from heartbeats, and each agent's queue."""
+"""``murmur status``: live workers from their presence records, and each agent's queue."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from murmur.cli._common import (
     remote_broker_url,
     split_names,
 )
-from murmur.cli._fleet import Fleet, worker_doc
+from murmur.cli._fleet import RecentAgents, live_workers, worker_doc
 from murmur.errors import BrokerUnavailable
 from murmur.messages.codec import now_ms
 from murmur.messages.topics import validate_agent_name
@@ -45,17 +45,19 @@ SCHEMA = """
       {"worker_id", "host", "pid", "agents": \\[str], "version",
        "in_flight", "processed", "failed", "concurrency", "prefetch",
        "started_at" (unix ms), "uptime_s", "interval_s" (heartbeat period),
-       "last_beat_at" (unix ms), "last_beat_age_s"}
+       "last_beat_at" (unix ms), "last_beat_age_s", "expires_at" (unix ms)}
     ],
-    "agents": [                              seen in heartbeats (10 min) + --agents
+    "agents": [                              of live workers, seen in heartbeats
+                                             (10 min), or named by --agents
       {"agent", "workers" (live workers hosting it), "depth" (queued, not yet
        delivered), "pending" (delivered, not acknowledged), "dead" (dead letters),
        "consumers" (group members the broker knows, or null), "error" (str or null)}
     ]
   }
 
-A worker is live when its newest heartbeat is not worker.stopped and is at most
-3 heartbeat periods (+2 s) old.
+A worker is live while its presence record on the broker is: rewritten every
+heartbeat, it expires 3 heartbeat periods (+2 s) after the last beat ("expires_at")
+and is removed at once when the worker stops gracefully.
 """
 
 
@@ -69,14 +71,16 @@ def status(
         str | None,
         typer.Option(
             metavar="a,b",
-            help="Also show these agents' queues (agents seen in heartbeats are always shown).",
+            help="Also show these agents' queues (those of live workers and those seen in "
+            "heartbeats are always shown).",
         ),
     ] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Show live workers and each agent's queue: depth, pending work, dead letters.
 
-    Workers are found from their heartbeats on murmur.heartbeats (last 10 minutes).
+    Workers are those whose presence record is live: each worker rewrites its record
+    every heartbeat; it expires after 3 missed beats and is removed on a graceful stop.
 
     [bold]Examples[/bold]
 
@@ -99,13 +103,13 @@ def status(
 
 async def _status(url: str, extra: list[str], as_json: bool, watch: bool) -> None:
     async with create_broker(url) as broker:
-        fleet = Fleet()
-        doc = await snapshot(broker, fleet, extra)
+        recent = RecentAgents()
+        doc = await snapshot(broker, recent, extra)
         if as_json:
             print(json.dumps(doc, indent=None if watch else 2), flush=True)
             while watch:
                 await asyncio.sleep(REFRESH_S)
-                print(json.dumps(await snapshot(broker, fleet, extra)), flush=True)
+                print(json.dumps(await snapshot(broker, recent, extra)), flush=True)
             return
         if not watch:
             out_console.print(render(doc))
@@ -114,24 +118,23 @@ async def _status(url: str, extra: list[str], as_json: bool, watch: bool) -> Non
             while True:
                 await asyncio.sleep(REFRESH_S)
                 try:
-                    view: RenderableType = render(await snapshot(broker, fleet, extra))
+                    view: RenderableType = render(await snapshot(broker, recent, extra))
                 except BrokerUnavailable as exc:
                     view = Text(f"broker unavailable: {exc} (retrying)", style="bold red")
                 live.update(view, refresh=True)
 
 
-async def snapshot(broker: Broker, fleet: Fleet, extra: list[str]) -> dict[str, Any]:
+async def snapshot(broker: Broker, recent: RecentAgents, extra: list[str]) -> dict[str, Any]:
     """The ``status --json`` document."""
+    live, seen = await asyncio.gather(live_workers(broker), recent.refresh(broker, now_ms()))
     now = now_ms()
-    await fleet.refresh(broker, now)
-    live = fleet.live(now)
-    names = sorted(fleet.agents_seen() | set(extra))
+    names = sorted({a for w in live for a in w.agents} | seen | set(extra))
     stats = await asyncio.gather(*(broker.queue_stats(n) for n in names), return_exceptions=True)
     agents = []
     for name, st in zip(names, stats, strict=True):
         if isinstance(st, BrokerUnavailable):
             raise st
-        hosts = sum(1 for b in live if name in b.info.agents)
+        hosts = sum(1 for w in live if name in w.agents)
         entry: dict[str, Any] = {"agent": name, "workers": hosts}
         if isinstance(st, QueueStats):
             entry.update(
@@ -144,7 +147,7 @@ async def snapshot(broker: Broker, fleet: Fleet, extra: list[str]) -> dict[str, 
     return {
         "generated_at": now,
         "broker": display(broker.url),
-        "workers": [worker_doc(b, now) for b in live],
+        "workers": [worker_doc(w, now) for w in live],
         "agents": agents,
     }
 
@@ -201,8 +204,9 @@ def render(doc: dict[str, Any], width: int | None = None) -> RenderableType:
     else:
         parts.append(
             Text(
-                "No live workers: no heartbeat on murmur.heartbeats in the last 3 periods. "
-                "Start one with: murmur worker APP --broker URL",
+                "No live workers: none has a live presence record (a worker keeps one "
+                "while it runs, with heartbeats on). Start one with: "
+                "murmur worker APP --broker URL",
                 style="yellow",
             )
         )

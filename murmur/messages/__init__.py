@@ -5,6 +5,7 @@ from murmur.messages.codec import decode_event, decode_result, decode_task, enco
 from murmur.messages.envelopes import (
     WIRE_VERSION,
     ErrorInfo,
+    Presence,
     ResultMessage,
     RuntimeEvent,
     TaskMessage,
@@ -12,6 +13,7 @@ from murmur.messages.envelopes import (
 )
 from murmur.messages.topics import (
     HEARTBEATS,
+    PRESENCE,
     dead_topic,
     events_topic,
     group_name,
@@ -21,8 +23,10 @@ from murmur.messages.topics import (
 
 __all__ = [
     "HEARTBEATS",
+    "PRESENCE",
     "WIRE_VERSION",
     "ErrorInfo",
+    "Presence",
     "ResultMessage",
     "RuntimeEvent",
     "TaskMessage",

@@ -100,3 +100,12 @@ class WorkerInfo(msgspec.Struct, kw_only=True, gc=False):
     concurrency: int = 0
     prefetch: int = 0
     started_at: int = 0
+
+
+class Presence(WorkerInfo, kw_only=True, gc=False):
+    """A worker's presence record (DESIGN §5): its heartbeat payload, when it was written
+    (``beat_at``) and when it lapses (``expires_at``, 3 heartbeat periods + 2 s later),
+    both unix ms. The broker stops listing it by then; ``murmur status`` reads these."""
+
+    beat_at: int = 0
+    expires_at: int = 0

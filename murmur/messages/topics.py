@@ -12,6 +12,9 @@ from murmur.errors import ConfigurationError
 
 PREFIX = "murmur"
 HEARTBEATS = "murmur.heartbeats"
+# Where workers keep their expiring presence records (DESIGN §5): a Redis hash, a Kafka
+# compacted topic; NATS names it ``murmur_presence`` (bucket names allow no dots).
+PRESENCE = "murmur.presence"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 # `murmur.<agent>.tasks` must never collide with `murmur.results.<id>` and friends.

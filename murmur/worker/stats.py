@@ -40,6 +40,7 @@ class WorkerStats:
     redeliveries: int = 0  # deliveries with delivery_count > 1
     stale_claims: int = 0  # claims lost during a stall, re-checked and not run again
     dead_lettered: int = 0
+    presence_failures: int = 0  # presence writes/drops the broker refused (DESIGN §5)
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     by_status: Counter[tuple[str, str]] = field(default_factory=Counter)  # (agent, status)
     durations: dict[str, Histogram] = field(default_factory=dict)

@@ -46,6 +46,7 @@ from murmur.messages import topics
 from murmur.messages.codec import encode, now_ms
 from murmur.messages.envelopes import (
     ErrorInfo,
+    Presence,
     ResultMessage,
     RuntimeEvent,
     TaskMessage,
@@ -275,6 +276,8 @@ class Worker:
                 asyncio.create_task(self._heartbeat_loop(), name="murmur-heartbeat")
             )
         self._announce("worker.started")
+        if self.heartbeat_seconds > 0:
+            await self._put_presence()  # listed by `murmur status` as soon as start returns
         self.log.info(
             "worker_started",
             broker=self.broker.display_url,
@@ -320,6 +323,8 @@ class Worker:
         await asyncio.gather(*self._background, return_exceptions=True)
         self._background.clear()
         self._announce("worker.stopped")
+        if self.heartbeat_seconds > 0:
+            await self._drop_presence()
         if self._outbox is not None:
             await self._outbox.close()
         await self._close_consumers()
@@ -849,3 +854,32 @@ class Worker:
             # Jitter keeps a fleet started together from beating in lockstep.
             await asyncio.sleep(self.heartbeat_seconds * random.uniform(0.9, 1.1))
             self._announce("worker.heartbeat")
+            await self._put_presence()
+
+    @property
+    def presence_ttl_ms(self) -> int:
+        """How long a presence record outlives its beat: ~3 missed beats (DESIGN §5), plus
+        2 s for jitter, a slow write and clocks."""
+        return int((3 * self.heartbeat_seconds + 2.0) * 1000)
+
+    async def _put_presence(self) -> None:
+        """Write this worker's presence record; a failure is logged and counted, never
+        raised: the next beat tries again, and tasks do not depend on it."""
+        beat_at = now_ms()
+        ttl_ms = self.presence_ttl_ms
+        record = Presence(
+            **msgspec.structs.asdict(self.info()), beat_at=beat_at, expires_at=beat_at + ttl_ms
+        )
+        try:
+            await self.broker.put_presence(self.worker_id, encode(record), ttl_ms)
+        except Exception as exc:
+            self.stats.presence_failures += 1
+            self.log.warning("presence_write_failed", error=str(exc)[:200] or type(exc).__name__)
+
+    async def _drop_presence(self) -> None:
+        """Leave the live set at once on a graceful stop (a killed worker's record expires)."""
+        try:
+            await self.broker.drop_presence(self.worker_id)
+        except Exception as exc:
+            self.stats.presence_failures += 1
+            self.log.warning("presence_drop_failed", error=str(exc)[:200] or type(exc).__name__)

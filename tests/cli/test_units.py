@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import textwrap
 import time
@@ -15,9 +16,9 @@ from murmur import Worker
 from murmur.app_loading import AppLoadError, load_app, select_agents
 from murmur.brokers import connect_broker
 from murmur.cli._common import read_pages
-from murmur.cli._fleet import Fleet
+from murmur.cli._fleet import RecentAgents, live_workers, worker_doc
 from murmur.cli.dlq import replay_headers
-from murmur.messages import HEARTBEATS, RuntimeEvent, WorkerInfo, encode
+from murmur.messages import HEARTBEATS, Presence, RuntimeEvent, WorkerInfo, encode
 from murmur.messages.codec import now_ms
 from murmur.metrics import HealthCheck, MetricsServer
 
@@ -108,24 +109,44 @@ def beat(worker_id: str, type: str, ts: int, interval: float = 1.0) -> bytes:
     )
 
 
-async def test_fleet_liveness(unique: str) -> None:
+async def test_live_workers_come_from_presence_records(unique: str) -> None:
     broker = await connect_broker(f"memory://{unique}")
     now = now_ms()
-    for body in (
-        beat("fresh", "worker.heartbeat", now - 1000),
-        beat("stopped", "worker.started", now - 2000),
-        beat("stopped", "worker.stopped", now - 1000),
-        beat("stale", "worker.heartbeat", now - 6000),  # > 3 x 1 s + 2 s slack
-        beat("slow", "worker.heartbeat", now - 60_000, interval=30.0),  # 1 of 3 beats missed
-    ):
-        await broker.publish_one(HEARTBEATS, body)
-    fleet = Fleet()
-    await fleet.refresh(broker, now)
-    assert [b.info.worker_id for b in fleet.live(now)] == ["fresh", "slow"]
-    assert fleet.agents_seen() == {"a"}
-    await broker.publish_one(HEARTBEATS, beat("fresh", "worker.stopped", now_ms()))
-    await fleet.refresh(broker, now_ms())  # incremental: only what is new
-    assert [b.info.worker_id for b in fleet.live(now_ms())] == ["slow"]
+
+    def record(worker_id: str, beat_at: int, processed: int = 0) -> bytes:
+        return encode(
+            Presence(worker_id=worker_id, host="h", pid=1, agents=["a"], version="0",
+                     processed=processed, uptime_s=5.0, beat_at=beat_at,
+                     expires_at=beat_at + 5000)
+        )  # fmt: skip
+
+    await broker.put_presence("b", record("b", now - 1000), 5000)
+    await broker.put_presence("a", record("a", now - 500, processed=7), 5000)
+    await broker.put_presence("gone", record("gone", now - 9000), 1)
+    await broker.put_presence("junk", b"not json", 5000)  # skipped, not fatal
+    await asyncio.sleep(0.01)  # "gone" expires
+    workers = await live_workers(broker)
+    assert [w.worker_id for w in workers] == ["a", "b"]
+    doc = worker_doc(workers[0], now)
+    assert doc["processed"] == 7 and doc["last_beat_at"] == now - 500
+    assert doc["last_beat_age_s"] == 0.5 and doc["uptime_s"] == 5.5
+    assert doc["expires_at"] == now + 4500
+    await broker.drop_presence("a")
+    assert [w.worker_id for w in await live_workers(broker)] == ["b"]
+
+
+async def test_recent_agents_from_heartbeats(unique: str) -> None:
+    broker = await connect_broker(f"memory://{unique}")
+    now = now_ms()
+    await broker.publish_one(HEARTBEATS, beat("w1", "worker.heartbeat", now - 1000))
+    await broker.publish_one(HEARTBEATS, b"garbage")
+    recent = RecentAgents(window_ms=60_000)
+    assert await recent.refresh(broker, now) == {"a"}
+    other = WorkerInfo(worker_id="w2", host="h", pid=1, agents=["b"], version="0")
+    old = RuntimeEvent(type="worker.stopped", worker_id="w2", ts=now - 120_000,
+                       payload=msgspec.to_builtins(other))  # fmt: skip
+    await broker.publish_one(HEARTBEATS, encode(old))  # outside the window
+    assert await recent.refresh(broker, now_ms()) == {"a"}  # incremental: only what is new
 
 
 def test_replay_strips_dead_letter_headers() -> None:

@@ -389,6 +389,43 @@ async def test_queue_stats_counts_depth_and_pending(broker_url: str, unique: str
         await c.close()
 
 
+async def test_presence_lists_live_workers_until_dropped_or_expired(
+    broker_url: str, unique: str
+) -> None:
+    """DESIGN §5: one record per worker, replaced by each beat, gone on drop or expiry."""
+    a, b, odd = f"{unique}-a", f"{unique}-b", f"{unique}.odd id/ü"  # odd: not a plain key
+
+    def rec(worker: str, beat: int) -> bytes:
+        return b'{"worker_id": "%s", "beat": %d}' % (worker.encode(), beat)
+
+    async with opened(broker_url) as writer, opened(broker_url) as reader:
+
+        async def listed() -> list[bytes]:
+            return sorted(r for r in await reader.list_presence() if unique.encode() in r)
+
+        await writer.put_presence(a, rec(a, 1), 60_000)
+        await writer.put_presence(a, rec(a, 2), 60_000)  # replaces beat 1
+        await writer.put_presence(odd, rec(odd, 1), 60_000)
+        t0 = time.monotonic()
+        await reader.put_presence(b, rec(b, 1), 1_500)  # two writers, one list
+        assert await listed() == sorted([rec(a, 2), rec(b, 1), rec(odd, 1)])
+
+        while rec(b, 1) in await listed():
+            assert time.monotonic() - t0 < 10, "a presence record outlived its ttl"
+            await asyncio.sleep(0.1)
+        assert time.monotonic() - t0 >= 1.3  # not (much) before its 1.5 s ttl either
+        assert await listed() == sorted([rec(a, 2), rec(odd, 1)])
+
+        await writer.drop_presence(a)
+        await writer.drop_presence(odd)
+        await writer.drop_presence(f"{unique}-never-there")  # idempotent, no error
+        assert await listed() == []
+        await writer.put_presence(a, rec(a, 3), 60_000)  # a restart with the same id
+        assert await listed() == [rec(a, 3)]
+        await writer.drop_presence(a)
+        assert await listed() == []
+
+
 async def test_ping(broker_url: str) -> None:
     async with opened(broker_url) as broker:
         assert await broker.ping()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,8 +19,9 @@ import pytest
 
 from murmur import Client, TaskContext, TaskFailed, Worker, agent
 from murmur.brokers import Outbound, connect_broker
+from murmur.brokers.memory import MemoryBroker
 from murmur.errors import ConfigurationError, EncodeError
-from murmur.messages import TaskMessage, topics
+from murmur.messages import Presence, TaskMessage, topics
 from murmur.messages.codec import decode_event, decode_result, encode, now_ms
 
 KEY = b"test-signing-key-0123456789abcdef"
@@ -318,6 +320,70 @@ async def test_heartbeats_and_lifecycle_events(broker_url: str, unique: str) -> 
     assert {"host", "pid", "in_flight", "processed", "failed", "uptime_s", "version"} <= set(
         beat.payload
     )
+
+
+async def test_presence_record_follows_the_worker(broker_url: str, unique: str) -> None:
+    """DESIGN §5: listed from start() on, rewritten every beat, gone at once on stop()."""
+
+    async def echo(x: int) -> int:
+        return x
+
+    def mine(records: list[bytes]) -> list[Presence]:
+        found = [msgspec.json.decode(r, type=Presence) for r in records if unique.encode() in r]
+        return [p for p in found if p.worker_id.startswith(unique)]
+
+    broker = await connect_broker(broker_url)
+    worker = Worker(
+        broker=broker_url,
+        agents=[agent(name=unique)(echo)],
+        heartbeat_seconds=0.5,
+        consumer_id=unique,
+    )
+    quiet = Worker(  # heartbeats off: no presence either
+        broker=broker_url, agents=[agent(name=unique)(echo)], heartbeat_seconds=0,
+        consumer_id=f"{unique}-quiet",
+    )  # fmt: skip
+    try:
+        await worker.start()
+        await quiet.start()
+        (first,) = mine(await broker.list_presence())
+        assert first.worker_id == unique and first.agents == [unique]
+        assert first.interval_s == 0.5 and first.expires_at - first.beat_at == 3500
+        assert first.pid == os.getpid() and first.started_at > 0
+        deadline = time.monotonic() + 10
+        while (beats := mine(await broker.list_presence())) and beats[0].beat_at == first.beat_at:
+            assert time.monotonic() < deadline, "the presence record was not rewritten"
+            await asyncio.sleep(0.1)
+        assert [p.worker_id for p in beats] == [unique]  # a new beat, still one record
+        await worker.stop()
+        assert mine(await broker.list_presence()) == []
+        assert worker.stats.presence_failures == 0
+    finally:
+        await worker.stop()
+        await quiet.stop()
+        await broker.close()
+
+
+@pytest.mark.brokers("memory")
+async def test_presence_failures_are_counted_not_fatal(broker_url: str) -> None:
+    async def echo(x: int) -> int:
+        return x
+
+    broker = await connect_broker(broker_url)
+    assert isinstance(broker, MemoryBroker)
+    async with Worker(broker=broker, agents=[agent(echo)], heartbeat_seconds=0.1) as worker:
+        broker.simulate_outage()
+        deadline = time.monotonic() + 5
+        while worker.stats.presence_failures < 2:
+            assert time.monotonic() < deadline, "presence failures were not counted"
+            await asyncio.sleep(0.05)
+        broker.simulate_outage(False)
+        broker.hub.presence.clear()  # forget the record written before the outage
+        while not await broker.list_presence():  # the loop survived and writes again
+            assert time.monotonic() < deadline, "presence not written after the outage"
+            await asyncio.sleep(0.05)
+    assert await broker.list_presence() == []
+    await broker.close()
 
 
 async def test_client_timeout_leaks_nothing(broker_url: str, unique: str) -> None:
