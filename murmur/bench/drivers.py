@@ -56,7 +56,8 @@ class MurmurDriver:
         self.agent = agent
         self.chunk = chunk
         self.timeout = timeout
-        self.client = Client(url, signing_key=signing_key)
+        # The client id contains the agent's name: cleanup finds the results stream too.
+        self.client = Client(url, signing_key=signing_key, client_id=f"{agent}c")
 
     async def start(self) -> None:
         await self.client.start()

@@ -166,10 +166,17 @@ class Fleet:
         return out
 
     def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (a graceful drain), then SIGKILL whatever is still running."""
+        """SIGTERM (a graceful drain), then SIGKILL whatever is still running.
+
+        Children are signalled too and waited for: some frameworks run their worker in a
+        child process that would otherwise outlive its parent."""
+        family = [p for i in range(len(self._ps)) for p in self._family(i)[1:]]
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
             try:
@@ -177,6 +184,10 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        _, alive = psutil.wait_procs(family, timeout=max(0.1, deadline - time.monotonic()))
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         self.procs.clear()
         self._ps.clear()
 

@@ -24,6 +24,7 @@ import os
 import platform
 import secrets
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from murmur._version import __version__
+from murmur.bench.cleanup import remove_agent_data
 from murmur.bench.drivers import Driver, MurmurDriver, Progress
 from murmur.bench.fleet import Fleet, WorkerSpec, murmur_worker_argv
 from murmur.bench.stats import Spread, percentile, spread
@@ -171,6 +173,35 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+_TIMER_PROBE = """
+import asyncio, sys, time
+ms, lanes, rounds = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+async def lane():
+    for _ in range(rounds):
+        await asyncio.sleep(ms / 1000)
+async def main():
+    t = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(lanes)))
+    print(rounds * ms / 1000 / (time.perf_counter() - t))
+asyncio.run(main())
+"""
+
+
+async def timer_reference(ms: float, lanes: int, seconds: float = 1.0) -> float:
+    """What fraction of the I/O ideal a bare asyncio process reaches on this machine now.
+
+    ``lanes`` coroutines each sleep ``ms`` in a loop for about ``seconds``, in a fresh
+    process (scheduled like a worker). It is the ceiling of the I/O-bound figure that no
+    broker or framework can beat: on a loaded machine timers fire late."""
+    rounds = max(5, int(seconds * 1000 / ms))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _TIMER_PROBE, str(ms), str(lanes), str(rounds),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    return float(out.decode().strip() or "nan")
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -292,6 +323,7 @@ class Runner:
                     )
         finally:
             await driver.close()
+            await remove_agent_data(system.url, agent)
 
     async def _batch(self, driver: Driver, fleet: Fleet, label: str, values: list[float]) -> int:
         tick = self.reporter.begin(label, len(values))
@@ -336,6 +368,7 @@ class Runner:
         if scenario == "io":
             ideal = s.concurrency * workers * 1000 / s.io_ms
             figures |= {"ideal_per_s": ideal, "of_ideal": n / elapsed / ideal}
+            figures["bare_asyncio_of_ideal"] = await timer_reference(s.io_ms, s.concurrency)
         return figures
 
     async def _latency(self, driver: Driver, tag: str, n: int) -> dict[str, float]:
