@@ -137,8 +137,9 @@ def bench(
 ) -> None:
     """Load-test murmur against a broker: worker processes, a publisher, figures.
 
-    Starts `murmur worker` processes hosting a benchmark agent (on fresh topics, so a
-    production deployment's queues are untouched), publishes from this process with the
+    Starts `murmur worker` processes hosting a benchmark agent on fresh topics (a
+    deployment's own queues are untouched; the benchmark's are removed afterwards, except
+    on Kafka), publishes from this process with the
     murmur Client and measures no-op throughput, sequential round-trip latency
     (p50/p90/p99/max), 20 ms I/O-bound throughput against its ideal, worker CPU per task
     and RSS, scale-out over worker counts and the cost of signing. The machine's load
