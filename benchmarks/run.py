@@ -25,6 +25,7 @@ import asyncio
 import datetime as dt
 import json
 import shutil
+import signal
 import socket
 import sys
 from contextlib import ExitStack
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         scenarios=tuple(s for s in a.scenarios.split(",") if s),
     )
     configure_logging(level="warning")
+    # SIGTERM unwinds like Ctrl-C, so every worker fleet is stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     notes: list[str] = []
     with ExitStack() as stack:
         urls = dict(resolve_broker(s.strip(), stack) for s in a.brokers.split(",") if s.strip())

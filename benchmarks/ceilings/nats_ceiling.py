@@ -38,7 +38,7 @@ async def main() -> None:
     while True:
         try:
             msgs = await sub.fetch(args.batch, timeout=1.0)
-        except NatsTimeout:
+        except (TimeoutError, NatsTimeout):  # nats-py raises either when idle
             continue
         outs = await asyncio.gather(
             *(handler.run(m.data, (m.headers or {}).get("murmur-sig")) for m in msgs)
