@@ -466,3 +466,25 @@ def test_packing_matches_redis_py() -> None:
     args = ("EVALSHA", "ab" * 20, 0, b"\x00\r\n bin", "ünï", 12345, -7, 1.5, b"")
     expected = b"".join(Connection().pack_command(*args))
     assert pack(args) == expected
+
+
+async def test_a_cancelled_call_never_leaves_its_reply_for_the_next_one(
+    redis_url: str, unique: str
+) -> None:
+    """A round trip cut off by a timeout (the adapter bounds each by command_timeout)
+    must not put its connection back with the reply still unread: the next command on
+    it would read that stale reply, and the one after would wait for an answer that
+    already went to someone else."""
+    from murmur.brokers._redis_wire import call
+
+    client = aioredis.Redis.from_url(redis_url, max_connections=1)
+    try:
+        blocked = asyncio.create_task(call(client, pack((b"BLPOP", unique.encode(), b"1"))))
+        await asyncio.sleep(0.2)
+        blocked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await blocked
+        await asyncio.sleep(1.2)  # the server answers the BLPOP (nil) meanwhile
+        assert await call(client, pack((b"ECHO", b"mine"))) == b"mine"
+    finally:
+        await client.aclose()
