@@ -139,7 +139,7 @@ def chart(records: Sequence[Measurement], path: Path, title: str = "") -> Path |
         return None
     ps = pairs(records)
     labels = [f"{s}\n{b}" for b, s in ps]
-    fig, axes = plt.subplots(1, 3, figsize=(max(12, 1.3 * len(ps) * 3), 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.5), gridspec_kw={"width_ratios": [3, 3, 2]})
     ax_t, ax_l, ax_s = axes
 
     def med(system: str, broker: str, scenario: str, name: str, **kw: Any) -> float:
@@ -164,7 +164,7 @@ def chart(records: Sequence[Measurement], path: Path, title: str = "") -> Path |
     ax_l.legend()
     for ax in (ax_t, ax_l):
         ax.set_xticks(list(xs))
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
     for b, s in ps:
         counts = sorted({r.workers for r in records if (r.system, r.broker) == (s, b)})
         if len(counts) > 1:
@@ -176,6 +176,7 @@ def chart(records: Sequence[Measurement], path: Path, title: str = "") -> Path |
             )
     ax_s.set_title("scale-out: no-op tasks/s by worker processes")
     ax_s.set_xlabel("worker processes")
+    ax_s.set_xticks(sorted({r.workers for r in records}))
     if ax_s.lines:
         ax_s.legend(fontsize=8)
     if title:
