@@ -205,12 +205,7 @@ class AgentRuntime:
             )
             coro = asyncio.get_running_loop().run_in_executor(self.executor, call)
         inner = asyncio.ensure_future(coro)
-        try:
-            done, _ = await asyncio.wait((inner,), timeout=timeout)
-        except asyncio.CancelledError:
-            inner.cancel()
-            raise
-        if inner in done:
+        if await _finished_within(inner, timeout):
             return inner.result()
         inner.cancel()
         # Give the handler a moment to unwind; one that swallows cancellation is abandoned
@@ -275,3 +270,33 @@ def _error_info(exc: BaseException, retryable: bool) -> ErrorInfo:
 def _consume_exception(fut: asyncio.Future[Any]) -> None:
     if not fut.cancelled():
         fut.exception()
+
+
+async def _finished_within(inner: asyncio.Future[Any], timeout: float | None) -> bool:
+    """Wait for ``inner`` at most ``timeout`` seconds without cancelling it.
+
+    ``asyncio.wait`` does the same with a set, a waiter per call and callbacks on both
+    sides; this is on the path of every task, so it does only what is needed. An outer
+    cancellation cancels the handler too.
+    """
+    if inner.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    inner.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake) if timeout is not None else None
+    try:
+        await waiter
+    except asyncio.CancelledError:
+        inner.cancel()
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+        inner.remove_done_callback(wake)
+    return inner.done()
