@@ -44,10 +44,13 @@ def test_worker_help_documents_precedence() -> None:
     assert "a flag beats the environment, which beats the default" in out
 
 
-def test_bench_is_a_placeholder() -> None:
+def test_bench_needs_a_broker_and_rejects_unknown_options() -> None:
+    proc = murmur("bench", env=cli_env())
+    assert proc.returncode == 2
+    assert "no broker" in one_line_error(proc)
     proc = murmur("bench", "--requests", "10", env=cli_env())
     assert proc.returncode == 2
-    assert "benchmarks issue" in one_line_error(proc)
+    assert "No such option: --requests" in proc.stderr
 
 
 @pytest.mark.parametrize(
