@@ -289,7 +289,9 @@ class NatsTaskConsumer(TaskConsumer):
                 return
             wake_at = min(deadline, max(self._live_until, self._pause_until))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wake_at - loop.time(), 0.0))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel.
+                async with asyncio.timeout(max(wake_at - loop.time(), 0.0)):
+                    await self._wake.wait()
 
     async def _request(self, batch: int, expires: float | None) -> None:
         now = asyncio.get_running_loop().time()
@@ -370,11 +372,16 @@ class NatsTaskConsumer(TaskConsumer):
 
     async def release(self, deliveries: Sequence[Delivery], task_ids: Sequence[str] = ()) -> None:
         broker = self._broker
-        broker.check()
+        # Let go first: if the naks cannot be sent (server away) JetStream redelivers
+        # after ack_wait, and a consumer still counting them as held would stay full.
+        held = []
         for d in deliveries:
             assert isinstance(d, NatsDelivery)
             if self._mine.pop(d.seq, None) is not None:
-                await broker.send(d.reply, _NAK)
+                held.append(d)
+        broker.check()
+        for d in held:
+            await broker.send(d.reply, _NAK)
         if task_ids:
             await self._require_ledger().drop(task_ids)
 
@@ -462,7 +469,8 @@ class NatsSubscription(Subscription):
             self._broker.check()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # cancel-safe, unlike 3.11's wait_for
+                    await self._wake.wait()
         out = [_message(m) for m in self._buffer]
         self._buffer.clear()
         return out

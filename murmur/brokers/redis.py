@@ -233,7 +233,8 @@ class RedisTaskConsumer(TaskConsumer):
         async with self._lock:  # concurrent fetches must not overshoot max_outstanding
             while not self._closed:
                 limit = min(max_messages, self.max_outstanding - len(self._mine))
-                if limit <= 0:
+                if limit <= 0:  # full: nothing to claim until work completes; don't spin
+                    await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
                     return []
                 try:
                     async with asyncio.timeout(self._broker.command_timeout + max_block):
@@ -394,10 +395,16 @@ class RedisTaskConsumer(TaskConsumer):
         await self._own_entries("extend", deliveries, task_ids)
 
     async def release(self, deliveries: Sequence[Delivery], task_ids: Sequence[str] = ()) -> None:
-        await self._own_entries("release", deliveries, task_ids)
-        for d in deliveries:
-            assert isinstance(d, RedisDelivery), "not a delivery of this broker"
-            self._mine.discard(d.entry_id)
+        try:
+            await self._own_entries("release", deliveries, task_ids)
+        finally:
+            # Let go even when the round trip failed (server down): the caller no longer
+            # holds them, nobody renews them, so they go idle and XAUTOCLAIM (ours
+            # included) takes them back. Counting them as held would leave a full consumer
+            # fetching nothing until then.
+            for d in deliveries:
+                assert isinstance(d, RedisDelivery), "not a delivery of this broker"
+                self._mine.discard(d.entry_id)
 
     async def _own_entries(
         self, name: str, deliveries: Sequence[Delivery], task_ids: Sequence[str]

@@ -338,3 +338,30 @@ def test_urls_options_and_redaction() -> None:
         NatsBroker("nats://h:4222", no_such_option=1)
     with pytest.raises(ConfigurationError, match="not a murmur topic"):
         broker.layout.for_topic("orders.created")
+
+
+async def test_a_release_that_fails_during_an_outage_frees_the_consumers_room(
+    owned_nats: OwnedServer, unique: str
+) -> None:
+    """The worker lets go of deliveries it hands back even when the nak cannot be sent:
+    a consumer still counting them would stay full and fetch nothing; JetStream
+    redelivers them after ack_wait instead."""
+    topic = topics.task_topic(unique)
+    async with nats_broker(owned_nats.url, reconnect_time_wait=0.1) as broker:
+        await broker.publish([Outbound(topic, b"1"), Outbound(topic, b"2")])
+        c = await started(broker, unique, "w", reclaim_ms=1000, max_outstanding=2)
+        held = await take(c, 2)
+        await asyncio.to_thread(owned_nats.stop)
+        with pytest.raises(BrokerUnavailable):
+            await c.release(held)
+        assert c.outstanding == 0
+        await asyncio.to_thread(owned_nats.start)
+        redelivered: list[Delivery] = []
+        deadline = time.monotonic() + 20
+        while len(redelivered) < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(BrokerUnavailable):  # still reconnecting
+                redelivered += await c.fetch(2 - len(redelivered), 0.5)
+            await asyncio.sleep(0.05)
+        assert sorted(d.body for d in redelivered) == [b"1", b"2"]
+        for d in redelivered:
+            await c.complete(d)

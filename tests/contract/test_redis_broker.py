@@ -488,3 +488,28 @@ async def test_a_cancelled_call_never_leaves_its_reply_for_the_next_one(
         assert await call(client, pack((b"ECHO", b"mine"))) == b"mine"
     finally:
         await client.aclose()
+
+
+async def test_a_release_that_fails_during_an_outage_frees_the_consumers_room(
+    owned_redis: OwnedServer, unique: str
+) -> None:
+    """A worker hands back work while the server is down: the release cannot land, but the
+    worker has let go of those deliveries. Found by the broker-restart chaos run: the
+    consumer kept counting them as held, so a full consumer fetched nothing (and its
+    worker spun) until the entries were reclaimed elsewhere, ~30 s after the restart."""
+    url = owned_redis.url
+    async with opened(url) as broker:
+        await publish(broker, unique, [b"1", b"2"])
+        c = await member(broker, unique, "w1", reclaim_ms=2000, limit=2)
+        got = await take(c, 2)
+        await asyncio.to_thread(owned_redis.kill)
+        with pytest.raises(BrokerUnavailable):
+            await c.release(got)
+        assert c.outstanding == 0
+        await asyncio.to_thread(owned_redis.start)
+        await eventually(broker.ping)
+        redelivered = await take(c, 2, timeout=10.0)  # reclaimed once idle: not lost
+        assert sorted(d.body for d in redelivered) == [b"1", b"2"]
+        for d in redelivered:
+            await c.complete(d)
+        await c.close()
