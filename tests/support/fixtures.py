@@ -22,6 +22,7 @@ from typing import NoReturn
 
 import pytest
 
+from tests.support.cleanup import sweep_nats, sweep_redis
 from tests.support.servers import (
     ALL_BROKERS,
     ENV_ONLY,
@@ -35,6 +36,7 @@ from tests.support.servers import (
 )
 
 _USED: dict[str, str] = {}  # kind -> "url (source)", for the terminal summary
+_NAMES: set[str] = set()  # every ``unique`` name this process handed out, swept at the end
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -62,6 +64,8 @@ def _session_url(request: pytest.FixtureRequest, kind: Kind) -> str:
         unavailable(reason)
     if found.close is not None:
         request.addfinalizer(found.close)
+    elif kind in ("redis", "nats"):  # a long-lived server: leave it as we found it
+        request.addfinalizer(lambda: _sweep(kind, found.url))
     _USED[kind] = f"{found.url} ({found.source})"
     return found.url
 
@@ -100,7 +104,18 @@ def kafka_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def unique() -> str:
-    return "t" + secrets.token_hex(5)
+    name = "t" + secrets.token_hex(5)
+    _NAMES.add(name)
+    return name
+
+
+def _sweep(kind: Kind, url: str) -> None:
+    """Delete this session's keys/streams; a failure is reported, never fails the run."""
+    sweep = sweep_redis if kind == "redis" else sweep_nats
+    try:
+        sweep(url, _NAMES)
+    except Exception as exc:
+        print(f"\nwarning: could not clean up test data on {url}: {exc!r}")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
