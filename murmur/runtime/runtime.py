@@ -210,8 +210,7 @@ class AgentRuntime:
         inner.cancel()
         # Give the handler a moment to unwind; one that swallows cancellation is abandoned
         # (counted) rather than allowed to hold the task forever.
-        done, _ = await asyncio.wait((inner,), timeout=_CANCEL_GRACE)
-        if not done:
+        if not await _finished_within(inner, _CANCEL_GRACE):
             self.abandoned += 1
             inner.add_done_callback(_consume_exception)
         raise _HandlerTimeout

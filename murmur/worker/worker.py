@@ -33,6 +33,7 @@ from murmur._version import __version__
 from murmur.brokers import create_broker
 from murmur.brokers.base import (
     Broker,
+    Claim,
     ClaimState,
     Delivery,
     Outbound,
@@ -81,6 +82,13 @@ class _Subscription:
     # their owner, so twins inside one worker are held back here instead.
     active: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     loop: asyncio.Task[None] | None = None
+
+
+def _resolve_active(sub: _Subscription, task_id: str) -> None:
+    """This worker no longer runs ``task_id``: release local twins waiting on it."""
+    done = sub.active.pop(task_id, None)
+    if done is not None and not done.done():
+        done.set_result(None)
 
 
 def _coerce_agents(agents: Iterable[Any] | Mapping[str, Any]) -> dict[str, Agent[Any, Any]]:
@@ -506,10 +514,7 @@ class Worker:
                 start.append((d, task))
                 continue
             sub.waiting.remove(d)
-            if claim.state is ClaimState.DONE:
-                self._spawn(self._answer_duplicate(sub, d, task, claim.result or b""))
-            else:
-                self._spawn(self._await_twin(sub, d, task))
+            self._defer_to_ledger(sub, d, task, claim)
         assert self._slots is not None
         stale_after = sub.consumer.lease_ms / 2000
         for d, task in start:
@@ -542,9 +547,7 @@ class Worker:
             return True
         sub.waiting.remove(d)
         sub.held[d.id] = (d, None)  # the ledger claim is no longer ours to renew
-        done = sub.active.pop(task.task_id, None)
-        if done is not None and not done.done():
-            done.set_result(None)
+        _resolve_active(sub, task.task_id)
         self.stats.stale_claims += 1
         self.log.info(
             "stale_claim_not_run",
@@ -554,11 +557,18 @@ class Worker:
         )
         if claim is None:
             await self._give_back(sub, [d])
-        elif claim.state is ClaimState.DONE:
+        else:
+            self._defer_to_ledger(sub, d, task, claim)
+        return False
+
+    def _defer_to_ledger(
+        self, sub: _Subscription, d: Delivery, task: TaskMessage[msgspec.Raw], claim: Claim
+    ) -> None:
+        """Someone else has this task id: answer from its stored result, or wait for it."""
+        if claim.state is ClaimState.DONE:
             self._spawn(self._answer_duplicate(sub, d, task, claim.result or b""))
         else:
             self._spawn(self._await_twin(sub, d, task))
-        return False
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         t = asyncio.ensure_future(coro)
@@ -646,9 +656,7 @@ class Worker:
             self.stats.in_flight -= 1
             if slot:
                 self._slots.release()
-            done = sub.active.pop(task.task_id, None)
-            if done is not None and not done.done():
-                done.set_result(None)
+            _resolve_active(sub, task.task_id)
             if not finished:
                 # Cancelled at shutdown: hand it back unacknowledged for another worker.
                 await self._give_back(sub, [d])
