@@ -1,9 +1,10 @@
 """The worker: claim tasks from per-agent groups, run them concurrently, answer, acknowledge.
 
 One fetch loop per agent claims messages as credit allows (``concurrency + prefetch``
-claimed and unfinished at most), admits them (:mod:`murmur.worker.admission`), claims them
-in the ledger so a duplicate is answered instead of re-run, and starts each on a slot of a
-shared ``concurrency`` pool. A task's result is recorded, published and only then
+claimed and unfinished at most), admits them (:mod:`murmur.worker.admission`) and claims
+them in the ledger so a duplicate is answered instead of re-run; the agent's start loop
+starts each on a slot of a shared ``concurrency`` pool, so the next batch is fetched and
+claimed while this one waits for slots. A task's result is recorded, published and only then
 acknowledged, in one broker round trip where the broker allows. A lease loop renews every
 claim a third of the way into ``reclaim_min_idle_ms``, so slow tasks are never taken away
 from a live worker, while a dead worker's claims lapse and are reclaimed by others.
@@ -66,6 +67,14 @@ from murmur.worker.stats import WorkerStats
 Hook = Callable[..., Any]
 _FETCH_TIMEOUT = 1.0
 _QUICK_FETCH = 0.01
+# Tasks fetched together start together and, if their handlers wait on I/O for about the
+# same time, finish together: the loop then works through the whole burst (results,
+# acks, the next starts) while every slot sits idle, and the waves persist. Starting the
+# tasks of slow agents a few per loop turn breaks the waves up (20 ms tasks at
+# concurrency 50: 73 % -> 89 % of ideal); fast handlers start all at once, where the extra
+# loop turns would only cost throughput.
+_SLOW_HANDLER_MS = 2.0
+_STARTS_PER_TURN = 4
 _JSON_HEADERS = {h.CONTENT_TYPE: h.JSON}
 
 
@@ -78,10 +87,16 @@ class _Subscription:
     # delivery id -> (delivery, task id whose ledger claim we hold, or None)
     held: dict[str, tuple[Delivery, str | None]] = field(default_factory=dict)
     waiting: list[Delivery] = field(default_factory=list)  # claimed, not started
+    # claimed in the ledger, waiting for a slot: (delivery, task, when claimed)
+    ready: asyncio.Queue[tuple[Delivery, TaskMessage[msgspec.Raw], float]] = field(
+        default_factory=asyncio.Queue
+    )
     # task id -> resolved when this worker finishes it; ledger claims are re-entrant for
     # their owner, so twins inside one worker are held back here instead.
     active: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     loop: asyncio.Task[None] | None = None
+    starter: asyncio.Task[None] | None = None
+    handler_ms: float = 0.0  # moving average of the runtime's duration per task
 
 
 def _resolve_active(sub: _Subscription, task_id: str) -> None:
@@ -278,6 +293,9 @@ class Worker:
             sub.loop = asyncio.create_task(
                 self._fetch_loop(sub), name=f"murmur-fetch-{sub.agent.name}"
             )
+            sub.starter = asyncio.create_task(
+                self._start_loop(sub), name=f"murmur-start-{sub.agent.name}"
+            )
         self._background.append(asyncio.create_task(self._lease_loop(), name="murmur-leases"))
         if self.heartbeat_seconds > 0:
             self._background.append(
@@ -311,7 +329,7 @@ class Worker:
             return
         self._state = "stopping"
         self.log.info("worker_stopping", in_flight=self.stats.in_flight)
-        loops = {s.loop for s in self._subs.values() if s.loop is not None}
+        loops = {t for s in self._subs.values() for t in (s.loop, s.starter) if t is not None}
         while loops:
             # Cancel until they are gone: on Python 3.11 asyncio.wait_for (in client
             # libraries) can swallow a cancellation that races with a wake-up.
@@ -506,24 +524,46 @@ class Worker:
             self.log.warning("ledger_unavailable", agent=sub.agent.name, error=str(exc)[:200])
             await self._give_back(sub, [d for d, _ in runnable])
             return
-        start: list[tuple[Delivery, TaskMessage[msgspec.Raw]]] = []
+        loop = asyncio.get_running_loop()
         for (d, task), claim in zip(runnable, claims, strict=True):
             if claim.state is ClaimState.CLAIMED:
                 sub.held[d.id] = (d, task.task_id)  # from now on the lease covers the claim
-                sub.active[task.task_id] = asyncio.get_running_loop().create_future()
-                start.append((d, task))
+                sub.active[task.task_id] = loop.create_future()
+                sub.ready.put_nowait((d, task, claimed_at))
                 continue
             sub.waiting.remove(d)
             self._defer_to_ledger(sub, d, task, claim)
+
+    async def _start_loop(self, sub: _Subscription) -> None:
+        """Start claimed tasks in claim order as slots free up.
+
+        A separate loop so the fetch loop claims the next batch while this one waits for
+        slots: a slot that frees finds its next task already claimed.
+        """
         assert self._slots is not None
+        slots, ready = self._slots, sub.ready
         stale_after = sub.consumer.lease_ms / 2000
-        for d, task in start:
-            await self._slots.acquire()
-            if time.monotonic() - claimed_at > stale_after and not await self._still_ours(
-                sub, d, task
-            ):
-                self._slots.release()
+        burst = 0
+        while True:
+            d, task, claimed_at = await ready.get()
+            if sub.handler_ms >= _SLOW_HANDLER_MS:
+                burst += 1
+                if burst == _STARTS_PER_TURN:
+                    burst = 0
+                    await asyncio.sleep(0)  # see _SLOW_HANDLER_MS
+            await slots.acquire()
+            if d not in sub.waiting:  # handed back meanwhile
+                slots.release()
                 continue
+            try:
+                if time.monotonic() - claimed_at > stale_after and not await self._still_ours(
+                    sub, d, task
+                ):
+                    slots.release()
+                    continue
+            except BaseException:
+                slots.release()
+                raise
             sub.waiting.remove(d)
             self.stats.in_flight += 1
             self._spawn(self._execute(sub, d, task))
@@ -598,6 +638,8 @@ class Worker:
 
     async def _release_waiting(self) -> None:
         for sub in self._subs.values():
+            while not sub.ready.empty():
+                sub.ready.get_nowait()
             if sub.waiting:
                 waiting = list(sub.waiting)
                 self.log.info("handing_back_unstarted", agent=sub.agent.name, count=len(waiting))
@@ -623,6 +665,7 @@ class Worker:
             # Holding it through the write cost a third of the throughput of I/O-bound work.
             self._slots.release()
             slot = False
+            sub.handler_ms += (result.duration_ms - sub.handler_ms) * 0.1
             body = encode(result)
             publish = []
             remember: Remember | None = Remember(task.task_id, body, self._ledger_ttl(task))
