@@ -8,12 +8,20 @@ assigned *p* it loads ledger partition *p* and can answer any replay of those ta
 
 Claims (a task running right now) need no storage: across processes partition ownership
 already makes a task id exclusive, and inside one process the shared :class:`LedgerTable`
-gives single flight between local consumers. Entries expire by their ttl so the table
-stays bounded; the topic is ``compact,delete`` with a retention for the same reason.
+gives single flight between local consumers. The topic is ``compact,delete`` with a
+retention, so it stays bounded.
+
+Unlike Redis and NATS, whose ledgers live on the server, this one lives in the worker, so
+it keeps only the newest ``max_results`` results per agent (and none past their ttl): a
+worker that finished a million tasks in the hour must not hold a million results. That
+covers what comes back in practice (tasks redelivered after a crash or a rebalance are
+the last ones finished before their offsets were committed; duplicate submissions
+arrive close together). An older duplicate is run again: at-least-once, as documented.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +32,7 @@ from murmur.brokers.base import Claim, ClaimState
 _VERSION = 1
 _HEADER = struct.Struct(">BQ")  # version, expires at (unix ms)
 _SWEEP_EVERY_S = 60.0
+DEFAULT_MAX_RESULTS = 10_000  # ~5 MB of no-op results
 
 
 def encode_result(result: bytes, expires_at_ms: int) -> bytes:
@@ -48,9 +57,13 @@ class LedgerTable:
     """Results by task id (wall-clock expiry, shared across processes through the topic)
     and local claims by task id (monotonic lease, this process only)."""
 
-    __slots__ = ("_claims", "_done", "_next_sweep")
+    __slots__ = ("_claims", "_done", "_next_sweep", "max_results")
 
-    def __init__(self) -> None:
+    def __init__(self, max_results: int = DEFAULT_MAX_RESULTS) -> None:
+        if max_results < 1:
+            raise ValueError(f"max_results must be >= 1, got {max_results}")
+        self.max_results = max_results
+        # insertion-ordered: the first entries are the oldest, evicted first
         self._done: dict[str, tuple[bytes, int]] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
@@ -59,8 +72,12 @@ class LedgerTable:
         return len(self._done)
 
     def remember(self, task_id: str, result: bytes, expires_at_ms: int) -> None:
-        self._done[task_id] = (result, expires_at_ms)
+        done = self._done
+        done.pop(task_id, None)  # re-inserted as the newest
+        done[task_id] = (result, expires_at_ms)
         self._claims.pop(task_id, None)
+        if len(done) > self.max_results:
+            del done[next(iter(done))]
         self._maybe_sweep()
 
     def load(self, records: Iterable[Any]) -> None:
@@ -72,10 +89,13 @@ class LedgerTable:
                 continue
             task_id = record.key.decode("utf-8", "replace")
             entry = decode_result(record.value)
-            if entry is None or entry[1] <= now:
-                done.pop(task_id, None)
-            else:
+            done.pop(task_id, None)
+            if entry is not None and entry[1] > now:
                 done[task_id] = entry
+        excess = len(done) - self.max_results
+        if excess > 0:
+            for task_id in list(itertools.islice(done, excess)):
+                del done[task_id]
 
     def result(self, task_id: str) -> bytes | None:
         entry = self._done.get(task_id)

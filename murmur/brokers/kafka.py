@@ -91,7 +91,7 @@ from murmur.brokers._kafka_io import (
     translated,
     unavailable,
 )
-from murmur.brokers._kafka_ledger import LedgerTable
+from murmur.brokers._kafka_ledger import DEFAULT_MAX_RESULTS, LedgerTable
 from murmur.brokers._kafka_offsets import DeliveryRuns
 from murmur.brokers._kafka_presence import PresenceView
 from murmur.brokers.base import Broker, Message, Outbound, QueueStats, Subscription
@@ -102,6 +102,7 @@ from murmur.messages import topics
 __all__ = ["KafkaBroker", "KafkaDelivery", "KafkaSubscription", "KafkaTaskConsumer"]
 
 ENV_PARTITIONS = "MURMUR_KAFKA_PARTITIONS"
+ENV_LEDGER_RESULTS = "MURMUR_KAFKA_LEDGER_RESULTS"
 DEFAULT_PARTITIONS = 12
 HEARTBEAT_RETENTION_MS = 86_400_000
 LEDGER_RETENTION_MS = 7 * 86_400_000
@@ -109,14 +110,14 @@ _COMPACT = {"cleanup.policy": "compact"}
 _TOPIC_EXISTS = TopicAlreadyExistsError.errno
 
 
-def _partitions_from_env() -> int:
-    raw = os.environ.get(ENV_PARTITIONS, "").strip()
+def _int_from_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
     if not raw:
-        return DEFAULT_PARTITIONS
+        return default
     try:
         return int(raw)
     except ValueError:
-        raise ConfigurationError(f"{ENV_PARTITIONS}={raw!r} is not an integer") from None
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
 
 
 def _wire_headers(headers: Mapping[str, str]) -> list[tuple[str, bytes]]:
@@ -176,7 +177,9 @@ class KafkaBroker(Broker):
     ``linger_ms`` (1), ``connect_timeout`` seconds (10), ``request_timeout_ms`` (15000),
     ``session_timeout_ms`` of task consumers (default ``min(reclaim_min_idle_ms, 10 s)``),
     ``fetch_max_wait_ms`` (100: the longest a fetch waits on the server; Tansu always waits
-    that long, so it bounds task and result latency there); anything else (``security=``,
+    that long, so it bounds task and result latency there), ``ledger_results`` (default
+    ``MURMUR_KAFKA_LEDGER_RESULTS`` or 10,000: finished results per agent a worker keeps to
+    answer duplicates, see ``_kafka_ledger``); anything else (``security=``,
     ``client_id=``, SASL/SSL settings) goes to ``faststream.kafka.KafkaBroker`` and so to
     every producer, admin client and consumer.
     """
@@ -195,13 +198,23 @@ class KafkaBroker(Broker):
         request_timeout_ms: int = 15_000,
         session_timeout_ms: int | None = None,
         fetch_max_wait_ms: int = 100,
+        ledger_results: int | None = None,
         **client_options: Any,
     ) -> None:
         super().__init__(url)
         self.bootstrap = kafka_bootstrap(url)
-        self.partitions = _partitions_from_env() if partitions is None else partitions
+        self.partitions = (
+            _int_from_env(ENV_PARTITIONS, DEFAULT_PARTITIONS) if partitions is None else partitions
+        )
         if self.partitions < 1:
             raise ConfigurationError(f"kafka partitions must be >= 1, got {self.partitions}")
+        self.ledger_results = (
+            _int_from_env(ENV_LEDGER_RESULTS, DEFAULT_MAX_RESULTS)
+            if ledger_results is None
+            else ledger_results
+        )
+        if self.ledger_results < 1:
+            raise ConfigurationError(f"ledger_results must be >= 1, got {self.ledger_results}")
         if replication_factor < 1:
             raise ConfigurationError(f"replication_factor must be >= 1, got {replication_factor}")
         self.replication_factor = replication_factor
@@ -303,7 +316,7 @@ class KafkaBroker(Broker):
         """The in-process ledger of ``agent``, shared by every local consumer of it."""
         table = self._ledgers.get(agent)
         if table is None:
-            table = self._ledgers[agent] = LedgerTable()
+            table = self._ledgers[agent] = LedgerTable(self.ledger_results)
         return table
 
     async def new_reader(self) -> Any:
