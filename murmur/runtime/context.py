@@ -6,10 +6,13 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+import structlog
+
 if TYPE_CHECKING:
     from murmur.runtime.events import TaskEvents
 
 _RESERVED_PREFIXES = ("task.", "worker.")
+_LOG = structlog.get_logger("murmur.runtime")
 
 
 class _Sent:
@@ -38,11 +41,11 @@ class TaskContext:
 
     __slots__ = (
         "_events",
+        "_log",
         "agent",
         "attempt",
         "deadline",
         "delivery_count",
-        "log",
         "request_id",
         "task_id",
         "worker_id",
@@ -58,8 +61,8 @@ class TaskContext:
         deadline: float | None,
         request_id: str,
         worker_id: str,
-        log: Any,
         events: TaskEvents,
+        log: Any = None,
     ) -> None:
         self.task_id = task_id
         self.agent = agent
@@ -68,8 +71,19 @@ class TaskContext:
         self.deadline = deadline
         self.request_id = request_id
         self.worker_id = worker_id
-        self.log = log
+        self._log = log
         self._events = events
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this task's id, agent and attempt.
+
+        Bound on first use: most handlers never log, and binding for every task was a
+        measurable share of the worker's per-task cost.
+        """
+        if self._log is None:
+            self._log = _LOG.bind(task_id=self.task_id, agent=self.agent, attempt=self.attempt)
+        return self._log
 
     @property
     def remaining(self) -> float | None:

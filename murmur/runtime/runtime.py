@@ -157,7 +157,6 @@ class AgentRuntime:
                 deadline=wall_deadline,
                 request_id=task.request_id,
                 worker_id=self.worker_id,
-                log=self.log.bind(task_id=task.task_id, agent=agent.name, attempt=attempt),
                 events=events,
             )
             events.publish("task.started", {"attempt": attempt, "delivery_count": delivery_count})

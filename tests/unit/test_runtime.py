@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 
 import msgspec
 import pytest
+import structlog.testing
 
 from murmur import AgentError, TaskContext, agent
 from murmur.messages import RuntimeEvent, TaskMessage
@@ -365,3 +366,20 @@ async def test_cancelling_the_runtime_propagates(runtime: AgentRuntime) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_ctx_log_is_bound_to_the_task(runtime: AgentRuntime) -> None:
+    @agent(name="chatty")
+    async def chatty(x: int, ctx: TaskContext) -> int:
+        ctx.log.info("working", step=x)
+        ctx.log.info("again")  # bound once, reused
+        return x
+
+    with structlog.testing.capture_logs() as logs:
+        result = await runtime.run(chatty, make_task("chatty", 3, task_id="t-log"))
+    assert result.status == "ok"
+    lines = [e for e in logs if e["event"] in ("working", "again")]
+    assert len(lines) == 2
+    for line in lines:
+        assert (line["task_id"], line["agent"], line["attempt"]) == ("t-log", "chatty", 1)
+    assert lines[0]["step"] == 3
