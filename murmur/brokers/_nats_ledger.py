@@ -17,7 +17,7 @@ import base64
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -160,6 +160,16 @@ class KvBucket:
         ]
         return [_revision(msg) for msg in await self._mux.wait(futs)]
 
+    async def issue(self, key: str, value: bytes) -> asyncio.Future[Msg]:
+        """Send an unconditional write; :meth:`settle` awaits its answer."""
+        return await self._mux.send(_PRE + key, value)
+
+    async def settle(self, fut: asyncio.Future[Msg]) -> int:
+        rev = _revision((await self._mux.wait((fut,)))[0])
+        if isinstance(rev, Conflict):
+            raise rev
+        return rev
+
     async def write(self, key: str, value: bytes, last: int | None = None) -> int:
         rev = (await self.write_many(((key, value, last),)))[0]
         if isinstance(rev, Conflict):
@@ -288,10 +298,19 @@ class Ledger:
             return None
         return current[0]
 
-    async def remember(self, item: Remember) -> None:
-        """Store the final result (unconditionally: a finished task ends any claim)."""
+    async def remember(
+        self, item: Remember, alongside: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Store the final result (unconditionally: a finished task ends any claim).
+
+        ``alongside`` (publishing the result) runs after the write is issued and before
+        its PubAck is awaited, so the two cost one round trip, not two.
+        """
         entry = Entry(True, self._owner, now_ms() + item.ttl_ms, item.result)
-        await self._kv.write(encode_key(self._agent, item.task_id), pack(entry))
+        fut = await self._kv.issue(encode_key(self._agent, item.task_id), pack(entry))
+        if alongside is not None:
+            await alongside()
+        await self._kv.settle(fut)
         self._revs.pop(item.task_id, None)
 
     def forget(self) -> None:

@@ -37,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import functools
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -352,8 +353,12 @@ class NatsTaskConsumer(TaskConsumer):
         broker.check()
         assert isinstance(delivery, NatsDelivery)
         if remember is not None:
-            await self._require_ledger().remember(remember)
-        if publish:
+            # The stored result and the published one travel together: the ledger write
+            # is issued first, both are awaited before the ack. Should the write then
+            # fail, the task is run again and the caller drops the second result.
+            sent = functools.partial(broker.publish, publish) if publish else None
+            await self._require_ledger().remember(remember, alongside=sent)
+        elif publish:
             await broker.publish(publish)
         await broker.send(delivery.reply, _ACK)
         self._mine.pop(delivery.seq, None)
