@@ -25,8 +25,8 @@ from murmur.messages.codec import encode_raw
 from murmur.messages.envelopes import ErrorInfo, ResultMessage, TaskMessage
 from murmur.runtime.agent import Agent
 from murmur.runtime.context import TaskContext
-from murmur.runtime.eager import start_eagerly
 from murmur.runtime.events import Emitter, EventSink, LogSink, TaskEvents, task_sink
+from murmur.runtime.inline import HandlerTimeout, call_inline
 
 # How long a cancelled handler gets to unwind before the runtime stops waiting for it.
 _CANCEL_GRACE = 1.0
@@ -196,15 +196,18 @@ class AgentRuntime:
     ) -> Any:
         if timeout is not None and timeout <= 0:
             raise _HandlerTimeout
-        inner: asyncio.Future[Any]
         if agent.is_async:
-            inner = start_eagerly(agent.call(value, ctx))
-        else:
-            # Run in the executor with this context (task sink, structlog contextvars).
-            call: Callable[[], Any] = functools.partial(
-                contextvars.copy_context().run, agent.call, value, ctx
-            )
-            inner = asyncio.get_running_loop().run_in_executor(self.executor, call)
+            try:
+                return await call_inline(agent.call(value, ctx), timeout, _CANCEL_GRACE)
+            except HandlerTimeout as exc:
+                if exc.abandoned:
+                    self.abandoned += 1
+                raise _HandlerTimeout from None
+        # Run in the executor with this context (task sink, structlog contextvars).
+        call: Callable[[], Any] = functools.partial(
+            contextvars.copy_context().run, agent.call, value, ctx
+        )
+        inner = asyncio.get_running_loop().run_in_executor(self.executor, call)
         if await _finished_within(inner, timeout):
             return inner.result()
         inner.cancel()

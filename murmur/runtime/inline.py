@@ -1,0 +1,149 @@
+"""Run an async handler inside the calling task, under a deadline.
+
+A task per handler looks simpler but costs on every task: creating and registering it, a
+waiter to race it against the deadline, and two extra turns of the event loop between the
+handler finishing and the worker noticing. Turns of a busy loop are what keep a slot idle
+between I/O-bound tasks, and a handler that never waits paid for a task it did not need.
+
+A plain ``await`` under ``asyncio.timeout`` has one flaw: a handler that swallows the
+cancellation at its deadline would hold the caller until it chooses to end. So the
+handler is driven here step by step, exactly as a task would drive it (each step in one
+copy of the caller's context), and a handler still running ``grace`` seconds after it was
+cancelled is left behind: it carries on as a task of its own and the caller moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Coroutine, Generator
+from typing import Any, Generic, TypeVar, cast
+
+T = TypeVar("T")
+
+
+class HandlerTimeout(Exception):
+    """The handler overran its timeout; ``abandoned``: it ignored cancellation and was
+    left running on its own."""
+
+    def __init__(self, abandoned: bool) -> None:
+        super().__init__("handler timed out")
+        self.abandoned = abandoned
+
+
+async def call_inline(coro: Coroutine[Any, Any, T], timeout: float | None, grace: float) -> T:
+    """Await ``coro`` in this task; :class:`HandlerTimeout` once ``timeout`` s pass."""
+    driver = _Driver(coro, grace)
+    if timeout is None:
+        return await driver
+    try:
+        async with asyncio.timeout(timeout) as deadline:
+            value = await driver
+    except Exception:
+        if deadline.expired():  # whatever the handler raised while being cancelled
+            raise HandlerTimeout(driver.abandoned) from None
+        raise
+    if deadline.expired():  # it swallowed the cancellation and returned late
+        raise HandlerTimeout(driver.abandoned)
+    return value
+
+
+class _Driver(Generic[T]):
+    __slots__ = ("_context", "_coro", "_give_up", "_grace", "_timer", "abandoned")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], grace: float) -> None:
+        self._coro = coro
+        self._context = contextvars.copy_context()
+        self._grace = grace
+        self._timer: asyncio.TimerHandle | None = None
+        self._give_up = False
+        self.abandoned = False
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, run = self._coro, self._context.run
+        try:
+            try:
+                yielded = run(coro.send, None)
+            except StopIteration as stop:
+                return cast(T, stop.value)
+            while True:
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    if isinstance(exc, asyncio.CancelledError):
+                        if self._give_up:
+                            self._leave_behind(exc)
+                            raise
+                        self._arm()
+                    try:
+                        yielded = run(coro.throw, exc)
+                    except StopIteration as stop:
+                        return cast(T, stop.value)
+                else:
+                    try:
+                        yielded = run(coro.send, value)
+                    except StopIteration as stop:
+                        return cast(T, stop.value)
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _arm(self) -> None:
+        """Cancelled (deadline or caller): give the handler ``grace`` seconds to end."""
+        if self._timer is None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._timer = asyncio.get_running_loop().call_later(self._grace, self._expire, task)
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        self._give_up = True
+        task.cancel()
+
+    def _leave_behind(self, exc: BaseException) -> None:
+        # The cancel that woke us was our own (_expire): take it back, so the caller's
+        # asyncio.timeout or canceller sees only its own.
+        task = asyncio.current_task()
+        assert task is not None
+        task.uncancel()
+        self.abandoned = True
+        orphan = asyncio.get_running_loop().create_task(_carry_on(self._coro, self._context, exc))
+        orphan.add_done_callback(_consume_exception)
+
+
+async def _carry_on(coro: Coroutine[Any, Any, Any], context: contextvars.Context, exc: Any) -> Any:
+    return await _Rethrow(coro, context, exc)
+
+
+class _Rethrow:
+    """Drive an abandoned handler on its own task, starting with the cancellation it was
+    about to receive."""
+
+    __slots__ = ("_context", "_coro", "_exc")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, exc: Any):
+        self._coro, self._context, self._exc = coro, context, exc
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, run = self._coro, self._context.run
+        try:
+            yielded = run(coro.throw, self._exc)
+            while True:
+                try:
+                    value = yield yielded
+                except GeneratorExit:
+                    coro.close()
+                    raise
+                except BaseException as exc:
+                    yielded = run(coro.throw, exc)
+                else:
+                    yielded = run(coro.send, value)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _consume_exception(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
