@@ -33,11 +33,15 @@ class HandlerTimeout(Exception):
 
 async def call_inline(coro: Coroutine[Any, Any, T], timeout: float | None, grace: float) -> T:
     """Await ``coro`` in this task; :class:`HandlerTimeout` once ``timeout`` s pass."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     driver = _Driver(coro, grace)
+    if driver.first_step():  # it never waited: no deadline to arm
+        return driver.value
     if timeout is None:
         return await driver
     try:
-        async with asyncio.timeout(timeout) as deadline:
+        async with asyncio.timeout_at(started + timeout) as deadline:
             value = await driver
     except Exception:
         if deadline.expired():  # whatever the handler raised while being cancelled
@@ -49,7 +53,16 @@ async def call_inline(coro: Coroutine[Any, Any, T], timeout: float | None, grace
 
 
 class _Driver(Generic[T]):
-    __slots__ = ("_context", "_coro", "_give_up", "_grace", "_timer", "abandoned")
+    __slots__ = (
+        "_context",
+        "_coro",
+        "_give_up",
+        "_grace",
+        "_timer",
+        "_yielded",
+        "abandoned",
+        "value",
+    )
 
     def __init__(self, coro: Coroutine[Any, Any, T], grace: float) -> None:
         self._coro = coro
@@ -57,15 +70,23 @@ class _Driver(Generic[T]):
         self._grace = grace
         self._timer: asyncio.TimerHandle | None = None
         self._give_up = False
+        self._yielded: Any = None
         self.abandoned = False
+        self.value: T
+
+    def first_step(self) -> bool:
+        """Run the handler up to its first wait; True if it finished there (``value``)."""
+        try:
+            self._yielded = self._context.run(self._coro.send, None)
+        except StopIteration as stop:
+            self.value = stop.value
+            return True
+        return False
 
     def __await__(self) -> Generator[Any, Any, T]:
         coro, run = self._coro, self._context.run
+        yielded, self._yielded = self._yielded, None
         try:
-            try:
-                yielded = run(coro.send, None)
-            except StopIteration as stop:
-                return cast(T, stop.value)
             while True:
                 try:
                     value = yield yielded
