@@ -37,6 +37,20 @@ def test_vectors_match_the_documented_algorithm() -> None:
     assert ring.verify(tampered["body"].encode(), tampered["signature"]).reason == Reason.MISMATCH
 
 
+@given(
+    key=st.binary(min_size=1, max_size=200),  # past the 64-byte block: hashed first
+    body=st.binary(max_size=2048),
+    domain=st.sampled_from([TASK_DOMAIN, RESULT_DOMAIN, b"murmur/v1/task\n", b"other\n"]),
+)
+def test_signatures_are_hmac_sha256_over_domain_and_body(
+    key: bytes, body: bytes, domain: bytes
+) -> None:
+    expected = hmac.new(key, domain + body, hashlib.sha256).hexdigest()
+    ring = Keyring(key)
+    assert ring.sign(body, domain)[0] == expected
+    assert ring.verify(body, expected, domain=domain).ok
+
+
 @given(body=st.binary(min_size=1, max_size=512), data=st.data())
 def test_flipping_any_byte_breaks_the_signature(body: bytes, data: st.DataObject) -> None:
     ring = Keyring(KEY)
