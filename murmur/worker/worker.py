@@ -554,6 +554,7 @@ class Worker:
             await slots.acquire()
             if d not in sub.waiting:  # handed back meanwhile
                 slots.release()
+                _resolve_active(sub, task.task_id)
                 continue
             try:
                 if time.monotonic() - claimed_at > stale_after and not await self._still_ours(
