@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Coroutine, Generator
+import types
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
@@ -84,33 +85,21 @@ class _Driver(Generic[T]):
         return False
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro, run = self._coro, self._context.run
         yielded, self._yielded = self._yielded, None
         try:
-            while True:
-                try:
-                    value = yield yielded
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:
-                    if isinstance(exc, asyncio.CancelledError):
-                        if self._give_up:
-                            self._leave_behind(exc)
-                            raise
-                        self._arm()
-                    try:
-                        yielded = run(coro.throw, exc)
-                    except StopIteration as stop:
-                        return cast(T, stop.value)
-                else:
-                    try:
-                        yielded = run(coro.send, value)
-                    except StopIteration as stop:
-                        return cast(T, stop.value)
+            value = yield from _steps(self._coro, self._context, yielded, self._cancelled)
         finally:
             if self._timer is not None:
                 self._timer.cancel()
+        return cast(T, value)
+
+    def _cancelled(self, exc: BaseException) -> None:
+        """A cancellation is about to reach the handler: past the grace, leave it behind
+        (re-raising here ends the drive), else start the grace."""
+        if self._give_up:
+            self._leave_behind(exc)
+            raise exc
+        self._arm()
 
     def _arm(self) -> None:
         """Cancelled (deadline or caller): give the handler ``grace`` seconds to end."""
@@ -131,40 +120,51 @@ class _Driver(Generic[T]):
         task.uncancel()
         self.abandoned = True
         orphan = asyncio.get_running_loop().create_task(_carry_on(self._coro, self._context, exc))
-        orphan.add_done_callback(_consume_exception)
+        orphan.add_done_callback(consume_exception)
 
 
 async def _carry_on(coro: Coroutine[Any, Any, Any], context: contextvars.Context, exc: Any) -> Any:
-    return await _Rethrow(coro, context, exc)
-
-
-class _Rethrow:
     """Drive an abandoned handler on its own task, starting with the cancellation it was
     about to receive."""
+    try:
+        yielded = context.run(coro.throw, exc)
+    except StopIteration as stop:
+        return stop.value
+    return await _steps(coro, context, yielded)
 
-    __slots__ = ("_context", "_coro", "_exc")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context, exc: Any):
-        self._coro, self._context, self._exc = coro, context, exc
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, run = self._coro, self._context.run
+@types.coroutine
+def _steps(
+    coro: Coroutine[Any, Any, Any],
+    context: contextvars.Context,
+    yielded: Any,
+    on_cancel: Callable[[BaseException], None] | None = None,
+) -> Generator[Any, Any, Any]:
+    """Drive ``coro`` from a point where it yielded ``yielded``, as a task would: pass what
+    the task sends or throws in (``on_cancel`` sees a cancellation first), each step in
+    ``context``; return what ``coro`` returns."""
+    run = context.run
+    while True:
         try:
-            yielded = run(coro.throw, self._exc)
-            while True:
-                try:
-                    value = yield yielded
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:
-                    yielded = run(coro.throw, exc)
-                else:
-                    yielded = run(coro.send, value)
-        except StopIteration as stop:
-            return stop.value
+            value = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            if on_cancel is not None and isinstance(exc, asyncio.CancelledError):
+                on_cancel(exc)
+            try:
+                yielded = run(coro.throw, exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = run(coro.send, value)
+            except StopIteration as stop:
+                return stop.value
 
 
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
+def consume_exception(fut: asyncio.Future[Any]) -> None:
+    """Done callback for a future nobody awaits: its exception is no error to log."""
     if not fut.cancelled():
         fut.exception()

@@ -26,7 +26,7 @@ from murmur.messages.envelopes import ErrorInfo, ResultMessage, TaskMessage
 from murmur.runtime.agent import Agent
 from murmur.runtime.context import TaskContext
 from murmur.runtime.events import Emitter, EventSink, LogSink, TaskEvents, task_sink
-from murmur.runtime.inline import HandlerTimeout, call_inline
+from murmur.runtime.inline import HandlerTimeout, call_inline, consume_exception
 
 # How long a cancelled handler gets to unwind before the runtime stops waiting for it.
 _CANCEL_GRACE = 1.0
@@ -35,10 +35,6 @@ _ANY_OUTPUT = (Any, object)
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class _HandlerTimeout(Exception):
-    pass
 
 
 class AgentRuntime:
@@ -164,7 +160,9 @@ class AgentRuntime:
             try:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 output = await self._call(agent, value, ctx, remaining)
-            except _HandlerTimeout:
+            except HandlerTimeout as exc:
+                if exc.abandoned:
+                    self.abandoned += 1
                 error = ErrorInfo(
                     type="TimeoutError",
                     message=f"agent {agent.name!r} did not finish within its "
@@ -195,14 +193,9 @@ class AgentRuntime:
         self, agent: Agent[Any, Any], value: Any, ctx: TaskContext, timeout: float | None
     ) -> Any:
         if timeout is not None and timeout <= 0:
-            raise _HandlerTimeout
+            raise HandlerTimeout(abandoned=False)
         if agent.is_async:
-            try:
-                return await call_inline(agent.call(value, ctx), timeout, _CANCEL_GRACE)
-            except HandlerTimeout as exc:
-                if exc.abandoned:
-                    self.abandoned += 1
-                raise _HandlerTimeout from None
+            return await call_inline(agent.call(value, ctx), timeout, _CANCEL_GRACE)
         # Run in the executor with this context (task sink, structlog contextvars).
         call: Callable[[], Any] = functools.partial(
             contextvars.copy_context().run, agent.call, value, ctx
@@ -214,9 +207,9 @@ class AgentRuntime:
         # Give the handler a moment to unwind; one that swallows cancellation is abandoned
         # (counted) rather than allowed to hold the task forever.
         if not await _finished_within(inner, _CANCEL_GRACE):
-            self.abandoned += 1
-            inner.add_done_callback(_consume_exception)
-        raise _HandlerTimeout
+            inner.add_done_callback(consume_exception)
+            raise HandlerTimeout(abandoned=True)
+        raise HandlerTimeout(abandoned=False)
 
     def _completed(
         self,
@@ -267,11 +260,6 @@ def _error_info(exc: BaseException, retryable: bool) -> ErrorInfo:
         return ErrorInfo(type=exc.type, message=str(exc), retryable=exc.retryable)
     message = str(exc) or repr(exc)
     return ErrorInfo(type=type(exc).__name__, message=message[:2000], retryable=retryable)
-
-
-def _consume_exception(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 async def _finished_within(inner: asyncio.Future[Any], timeout: float | None) -> bool:
