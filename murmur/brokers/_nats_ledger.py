@@ -154,27 +154,23 @@ class KvBucket:
     ) -> list[int | Conflict]:
         """Write ``(key, value, expected revision or None)`` in one batch; each result is
         the new revision or :class:`Conflict` (other errors raise)."""
-        futs = [
-            await self._mux.send(_PRE + key, value, None if last is None else {_EXPECT: str(last)})
-            for key, value, last in items
-        ]
+        futs = [await self.issue(key, value, last) for key, value, last in items]
         return [_revision(msg) for msg in await self._mux.wait(futs)]
 
-    async def issue(self, key: str, value: bytes) -> asyncio.Future[Msg]:
-        """Send an unconditional write; :meth:`settle` awaits its answer."""
-        return await self._mux.send(_PRE + key, value)
+    async def issue(self, key: str, value: bytes, last: int | None = None) -> asyncio.Future[Msg]:
+        """Send a write (if ``last``: only over that revision); :meth:`settle` awaits it."""
+        headers = None if last is None else {_EXPECT: str(last)}
+        return await self._mux.send(_PRE + key, value, headers)
 
     async def settle(self, fut: asyncio.Future[Msg]) -> int:
+        """The new revision of an issued write; :class:`Conflict` if it lost."""
         rev = _revision((await self._mux.wait((fut,)))[0])
         if isinstance(rev, Conflict):
             raise rev
         return rev
 
     async def write(self, key: str, value: bytes, last: int | None = None) -> int:
-        rev = (await self.write_many(((key, value, last),)))[0]
-        if isinstance(rev, Conflict):
-            raise rev
-        return rev
+        return await self.settle(await self.issue(key, value, last))
 
     async def delete(self, key: str, last: int) -> None:
         """Place a delete marker if the key is still at revision ``last``."""
