@@ -90,6 +90,52 @@ async def test_a_busy_agent_is_not_starved_by_an_idle_one(broker_url: str, uniqu
     assert elapsed < 1.5, f"200 x 50 ms at concurrency 50 took {elapsed:.2f}s"
 
 
+async def test_a_freed_slot_goes_to_a_waiting_agent(broker_url: str, unique: str) -> None:
+    """A slow agent with a backlog hands each freed slot to its next task, except when
+    another agent waits for a slot: then that agent gets it, not the end of the backlog."""
+    done_a = 0
+
+    async def busy(x: int) -> int:
+        nonlocal done_a
+        await asyncio.sleep(0.02)
+        done_a += 1
+        return x
+
+    async def other(x: int) -> int:
+        await asyncio.sleep(0.02)
+        return x
+
+    a, b = agent(name=unique + "a")(busy), agent(name=unique + "b")(other)
+    async with fleet(broker_url, [a, b], concurrency=1, prefetch=4), Client(broker_url) as client:
+        await client.run(b.name, 0, timeout=30)  # both groups joined, both agents slow
+        await client.run(a.name, 0, timeout=30)
+        done_a = 0
+        backlog = await client.submit_many(a.name, range(60))
+        while done_a < 5:
+            await asyncio.sleep(0.01)
+        await client.run(b.name, 1, timeout=30)
+        ahead = done_a
+        await asyncio.gather(*(h.result(timeout=60) for h in backlog))
+    assert ahead < 40, f"the waiting agent ran only after {ahead} of the other's 60 tasks"
+
+
+@pytest.mark.brokers("memory", "redis", "nats")  # Kafka orders per partition only
+async def test_a_slow_agent_runs_its_tasks_in_claim_order(broker_url: str, unique: str) -> None:
+    started: list[int] = []
+
+    async def slow(x: int) -> int:
+        started.append(x)
+        await asyncio.sleep(0.005)
+        return x
+
+    a = agent(name=unique)(slow)
+    async with fleet(broker_url, [a], concurrency=1, prefetch=8), Client(broker_url) as client:
+        await client.run(unique, -1, timeout=30)
+        handles = await client.submit_many(unique, range(40))
+        await asyncio.gather(*(h.result(timeout=60) for h in handles))
+    assert started[1:] == list(range(40))
+
+
 async def test_errors_are_answered_not_raised(broker_url: str, unique: str) -> None:
     async def picky(x: int) -> int:
         if x < 0:
