@@ -23,10 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -78,6 +80,40 @@ def resolve_broker(spec: str, stack: ExitStack) -> tuple[str, str]:
     return name, found.url
 
 
+WORKER_VENV = ROOT / "benchmarks" / ".worker-venv"
+
+
+def worker_python(spec: str) -> str:
+    """The interpreter that runs murmur's workers and the ceilings.
+
+    ``auto`` (the default): a venv of murmur and its runtime dependencies only
+    (``pip install -e .``), made once under ``benchmarks/.worker-venv``. This venv holds
+    the peers and the chart too, and what they pull in is imported by the workers: nats-py
+    loads aiohttp (10 MB of RSS) whenever it is installed, and here only Taskiq installs it.
+    A deployed worker has none of that. ``current``: this interpreter. Else a path.
+    """
+    if spec == "current":
+        return sys.executable
+    if spec != "auto":
+        return spec
+    exe = WORKER_VENV / "bin" / "python"
+    stamp = WORKER_VENV / "pyproject.sha256"
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    probe = [str(exe), "-c", "import murmur.bench.app"]
+    if (
+        exe.exists()
+        and stamp.exists()
+        and stamp.read_text() == want
+        and subprocess.run(probe, capture_output=True).returncode == 0
+    ):
+        return str(exe)
+    err.print(f"making the worker venv {WORKER_VENV} (murmur's runtime dependencies only) ...")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(WORKER_VENV)], check=True)
+    subprocess.run([str(exe), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True)
+    stamp.write_text(want)
+    return str(exe)
+
+
 def server_versions(urls: dict[str, str]) -> dict[str, str]:
     """Broker server versions for the docs (best effort)."""
     out: dict[str, str] = {}
@@ -127,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", help="file stem for the outputs (default <date>-<host>)")
     p.add_argument("--docs", action="store_true", help="copy the chart to docs/img/")
+    p.add_argument(
+        "--worker-python",
+        default="auto",
+        help="interpreter of murmur's workers and the ceilings: 'auto' (a venv with murmur's"
+        " runtime dependencies only, made once under benchmarks/.worker-venv), 'current',"
+        " or a path",
+    )
     a = p.parse_args(argv)
 
     if a.quick:
@@ -146,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every worker fleet is stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     notes: list[str] = []
+    python = worker_python(a.worker_python)
     with ExitStack() as stack:
         urls = dict(resolve_broker(s.strip(), stack) for s in a.brokers.split(",") if s.strip())
         systems: list[System] = []
         for name, url in urls.items():
-            systems += [ceiling_system(name, url), murmur_system(name, url)]
+            systems += [
+                ceiling_system(name, url, python=python),
+                murmur_system(name, url, python=python),
+            ]
         wanted = [] if a.peers in ("", "none") else [x.strip() for x in a.peers.split(",")]
         for peer in wanted:
             if "redis" not in urls:
@@ -187,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             "servers": versions,
             "notes": notes,
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "worker_python": python,
             "targets": [v.as_dict() for v in verdicts],
         },
     )

@@ -20,12 +20,13 @@ SCRIPTS = {"redis": "redis_ceiling.py", "nats": "nats_ceiling.py", "kafka": "kaf
 LIBRARIES = {"redis": "redis-py", "nats": "nats-py", "kafka": "aiokafka"}
 
 
-def ceiling_system(broker: str, url: str, batch: int = 50) -> System:
-    """The hand-written ceiling for ``broker`` as a benchmark system."""
+def ceiling_system(broker: str, url: str, batch: int = 50, python: str | None = None) -> System:
+    """The hand-written ceiling for ``broker`` as a benchmark system (run by ``python``)."""
+    exe = python or sys.executable
 
     def worker(req: WorkerRequest) -> WorkerSpec:
         argv = [
-            sys.executable, str(HERE / SCRIPTS[broker]), "--url", req.url,
+            exe, str(HERE / SCRIPTS[broker]), "--url", req.url,
             "--agent", req.agent, "--consumer-id", req.consumer_id, "--batch", str(batch),
         ]  # fmt: skip
         keys = req.signing_key.hex() if req.signing_key else ""

@@ -54,10 +54,11 @@ def murmur_worker_argv(
     app: str = "murmur.bench.app",
     concurrency: int = 50,
     prefetch: int = 50,
+    python: str | None = None,
 ) -> list[str]:
     """``python -m murmur worker APP`` with the flags a benchmark run needs."""
     return [
-        sys.executable, "-m", "murmur", "worker", app,
+        python or sys.executable, "-m", "murmur", "worker", app,
         "--broker", url, "--consumer-id", consumer_id,
         "--concurrency", str(concurrency), "--prefetch", str(prefetch),
         "--heartbeat", "0",

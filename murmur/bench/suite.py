@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
 import platform
 import secrets
@@ -74,12 +75,12 @@ class System:
         return f"{self.name}/{self.broker}"
 
 
-def _murmur_worker(req: WorkerRequest) -> WorkerSpec:
+def _murmur_worker(req: WorkerRequest, python: str) -> WorkerSpec:
     env = {AGENT_ENV: req.agent, "MURMUR_LOG_FORMAT": "json", SIGNING_KEYS: ""}
     if req.signing_key is not None:
         env[SIGNING_KEYS] = req.signing_key.hex()
     argv = murmur_worker_argv(
-        req.url, req.consumer_id, concurrency=req.concurrency, prefetch=req.prefetch
+        req.url, req.consumer_id, concurrency=req.concurrency, prefetch=req.prefetch, python=python
     )
     return WorkerSpec(argv, env=env)
 
@@ -88,9 +89,16 @@ def _murmur_driver(url: str, agent: str, key: bytes | None) -> Driver:
     return MurmurDriver(url, agent, signing_key=key)
 
 
-def murmur_system(broker: str, url: str) -> System:
-    """murmur itself: ``murmur worker murmur.bench.app`` driven by murmur's Client."""
-    return System("murmur", broker, url, _murmur_worker, _murmur_driver)
+def murmur_system(broker: str, url: str, python: str | None = None) -> System:
+    """murmur itself: ``murmur worker murmur.bench.app`` driven by murmur's Client.
+
+    ``python`` runs the workers (default: this interpreter); see ``worker_python`` in
+    ``benchmarks/run.py`` for why a run may want a separate environment.
+    """
+    exe = python or sys.executable
+    return System(
+        "murmur", broker, url, functools.partial(_murmur_worker, python=exe), _murmur_driver
+    )
 
 
 @dataclass

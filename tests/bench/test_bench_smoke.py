@@ -46,11 +46,12 @@ def test_runner_drives_the_redis_ceiling_and_murmur(redis_url: str, tmp_path: Pa
         [
             sys.executable, "benchmarks/run.py", "--quick", "--brokers", f"redis={redis_url}",
             "--peers", "none", "--scenarios", "noop,latency", "--tasks", "200",
-            "--out", str(tmp_path), "--name", "smoke",
+            "--out", str(tmp_path), "--name", "smoke", "--worker-python", "current",
         ]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads((tmp_path / "smoke.json").read_text())
+    assert doc["worker_python"] == sys.executable
     assert {(r["system"], r["scenario"]) for r in doc["records"]} == {
         ("ceiling", "noop"),
         ("ceiling", "latency"),
