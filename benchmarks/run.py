@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1,2,4", help="worker counts for the scale scenario")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tasks", type=int, default=10_000, help="no-op tasks per measurement")
-    p.add_argument("--io-tasks", type=int, default=5_000)
+    p.add_argument("--io-tasks", type=int, default=10_000, help="20 ms tasks per I/O run")
     p.add_argument("--latency-tasks", type=int, default=1_000)
     p.add_argument("--memory-tasks", type=int, default=100_000)
     p.add_argument("--quick", action="store_true", help="small sizes, 1 repeat: a smoke run")

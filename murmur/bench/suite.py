@@ -106,7 +106,7 @@ class Settings:
     """Sizes of one run. The defaults are the full run; ``murmur bench --quick`` shrinks them."""
 
     tasks: int = 20_000
-    io_tasks: int = 7_500
+    io_tasks: int = 10_000
     io_ms: float = 20.0
     latency_tasks: int = 2_000
     memory_tasks: int = 100_000

@@ -99,7 +99,7 @@ def bench(
     ] = 20_000,
     io_tasks: Annotated[
         int, typer.Option(min=1, metavar="N", help="Tasks in the I/O-bound measurement.")
-    ] = 7_500,
+    ] = 10_000,
     io_ms: Annotated[
         float, typer.Option(min=0.1, metavar="MS", help="Duration of one I/O-bound task.")
     ] = 20.0,
