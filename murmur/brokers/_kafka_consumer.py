@@ -22,6 +22,7 @@ from murmur.brokers._kafka_assignor import BusyStickyAssignor
 from murmur.brokers._kafka_io import (
     CLIENT_ERRORS,
     deliveries_topic,
+    high_watermarks,
     last_records,
     ledger_topic,
     read_to_end,
@@ -490,13 +491,21 @@ class KafkaTaskConsumer(TaskConsumer):
                 self._parts[p] = PartitionState(p, runs.get(p))
 
     async def _load(self, partitions: list[int]) -> dict[int, DeliveryRuns]:
-        """Load the ledger and the delivery counts of newly assigned partitions."""
-        ledger_starts = {TopicPartition(self._ledger_topic, p): 0 for p in partitions}
+        """Load the ledger and the delivery counts of newly assigned partitions.
+
+        Only the newest ``ledger_results`` records of each ledger partition: the table keeps
+        no more than that, and the topic holds days of results (its retention), which a
+        member read in full on every assignment. Compaction does not shorten it (every task
+        id is a new key).
+        """
+        ledger = [TopicPartition(self._ledger_topic, p) for p in partitions]
         deliveries = [TopicPartition(self._deliveries_topic, p) for p in partitions]
         try:
-            await read_to_end(
-                self._reader, ledger_starts, lambda _tp, recs: self._ledger.load(recs)
-            )
+            # the ends from a Fetch: Tansu's ListOffsets undercounts them (kafka.py, quirk 1)
+            ends = await high_watermarks(self._reader, ledger)
+            keep = self._ledger.max_results
+            starts = {tp: max(0, ends.get(tp, 0) - keep) for tp in ledger}
+            await read_to_end(self._reader, starts, lambda _tp, recs: self._ledger.load(recs))
             last = await last_records(self._reader, deliveries)
         except (BrokerUnavailable, KafkaError) as exc:
             # Consuming without them is still at-least-once; counts/replays may be missed.

@@ -57,7 +57,7 @@ class LedgerTable:
     """Results by task id (wall-clock expiry, shared across processes through the topic)
     and local claims by task id (monotonic lease, this process only)."""
 
-    __slots__ = ("_claims", "_done", "_next_sweep", "max_results")
+    __slots__ = ("_claims", "_done", "_next_sweep", "max_results", "records_loaded")
 
     def __init__(self, max_results: int = DEFAULT_MAX_RESULTS) -> None:
         if max_results < 1:
@@ -67,6 +67,7 @@ class LedgerTable:
         self._done: dict[str, tuple[bytes, int]] = {}
         self._claims: dict[str, tuple[str, float]] = {}
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+        self.records_loaded = 0  # ledger records read from the topic (tests, diagnostics)
 
     def __len__(self) -> int:
         return len(self._done)
@@ -85,6 +86,7 @@ class LedgerTable:
         now = _wall_ms()
         done = self._done
         for record in records:
+            self.records_loaded += 1
             if record.key is None:
                 continue
             task_id = record.key.decode("utf-8", "replace")

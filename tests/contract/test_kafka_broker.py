@@ -20,6 +20,8 @@ from aiokafka.structs import TopicPartition
 
 from murmur.brokers import ClaimState, Delivery, Outbound, Remember, connect_broker
 from murmur.brokers._kafka_assignor import _Owned, assign_partitions
+from murmur.brokers._kafka_io import ledger_topic
+from murmur.brokers._kafka_ledger import encode_result
 from murmur.brokers._kafka_offsets import DeliveryRuns, PartitionState
 from murmur.brokers.kafka import KafkaBroker, KafkaTaskConsumer
 from murmur.errors import BrokerUnavailable
@@ -284,6 +286,39 @@ async def test_ledger_result_is_found_by_a_new_member_after_a_rebalance(
         assert (done.state, done.result) == (ClaimState.DONE, b'{"out": 1}')
         assert fresh.state is ClaimState.CLAIMED
         await b.complete(d2)
+        await b.close()
+
+
+async def test_a_new_member_loads_only_the_newest_ledger_records(
+    kafka_url: str, unique: str
+) -> None:
+    """The ledger topic keeps results for its retention (days), far more than the table
+    holds (``ledger_results``): an assigned member reads only the newest records of each
+    partition, so a rebalance costs the same whatever the history."""
+    options = {"partitions": 1, "ledger_results": 20}
+    expires = time.time_ns() // 1_000_000 + 600_000
+    async with kafka(kafka_url, **options) as broker:
+        await broker.ensure_state_topics(unique, await broker.ensure_task_topic_partitions(unique))
+        sent = [
+            await broker.producer.send(
+                ledger_topic(unique),
+                encode_result(b"r%d" % i, expires),
+                key=b"t%d" % i,
+                partition=0,
+            )
+            for i in range(300)
+        ]
+        await asyncio.gather(*sent)
+    async with kafka(kafka_url, **options) as broker:
+        await broker.publish([task(unique, 1)])
+        b = await member(broker, unique, "b")
+        (d,) = await take(b, 1)  # assigned: the ledger was loaded before the hand-out
+        table = broker.ledger_table(unique)
+        assert table.records_loaded <= 40, f"read {table.records_loaded} of 300 ledger records"
+        newest, older = await b.claim(["t299", "t250"])
+        assert (newest.state, newest.result) == (ClaimState.DONE, b"r299")
+        assert older.state is ClaimState.CLAIMED  # beyond the newest 20: run again
+        await b.complete(d)
         await b.close()
 
 
