@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRebalanceListener
@@ -30,9 +30,9 @@ from murmur.brokers._kafka_io import (
     translated,
     unavailable,
 )
-from murmur.brokers._kafka_ledger import encode_result
+from murmur.brokers._kafka_ledger import decode_result, encode_result
 from murmur.brokers._kafka_offsets import DeliveryRuns, PartitionState
-from murmur.brokers.base import Claim, Delivery, Outbound, Remember, TaskConsumer
+from murmur.brokers.base import Claim, ClaimState, Delivery, Outbound, Remember, TaskConsumer
 from murmur.errors import BrokerUnavailable
 from murmur.messages import headers as wire
 from murmur.messages import topics
@@ -48,6 +48,7 @@ KAFKA_MIN_SESSION_MS = 6_000
 MAX_DERIVED_SESSION_MS = 10_000
 _DAY_MS = 86_400_000
 COMMIT_INTERVAL_S = 0.02
+_READ_BACK_TIMEOUT_S = 10.0  # reading a duplicate's stored result back from the ledger
 
 
 def session_timeout_ms(lease_ms: int, override: int | None = None) -> int:
@@ -160,6 +161,7 @@ class KafkaTaskConsumer(TaskConsumer):
         self._started = False
         self._closed = False
         self._fetch_lock = asyncio.Lock()
+        self._reader_lock = asyncio.Lock()  # one read of the reader's topics at a time
         self._commit_lock = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
@@ -358,12 +360,12 @@ class KafkaTaskConsumer(TaskConsumer):
         value = encode_result(remember.result, expires)
         key = remember.task_id.encode()
         try:
-            await self._broker.producer.send_and_wait(
+            stored = await self._broker.producer.send_and_wait(
                 self._ledger_topic, value, key=key, partition=partition
             )
         except CLIENT_ERRORS as exc:
             raise unavailable(f"write to {self._ledger_topic}", exc) from exc
-        self._ledger.remember(remember.task_id, remember.result, expires)
+        self._ledger.remember(remember.task_id, partition, stored.offset, expires)
 
     def _finish(self, delivery: KafkaDelivery) -> None:
         if delivery.done or self._closed:
@@ -404,7 +406,53 @@ class KafkaTaskConsumer(TaskConsumer):
         self._ledger.extend(task_ids, self.consumer_id, self.lease_ms)
 
     async def claim(self, task_ids: Sequence[str]) -> list[Claim]:
-        return self._ledger.claim(task_ids, self.consumer_id, self.lease_ms)
+        claims = self._ledger.claim(task_ids, self.consumer_id, self.lease_ms)
+        if all(c.state is not ClaimState.DONE for c in claims):
+            return claims
+        done = {
+            task_id: where
+            for task_id, c in zip(task_ids, claims, strict=True)
+            if c.state is ClaimState.DONE and (where := self._ledger.location(task_id))
+        }
+        stored = await self._read_results(done)
+        for i, (task_id, c) in enumerate(zip(task_ids, claims, strict=True)):
+            if c.state is not ClaimState.DONE:
+                continue
+            result = stored.get(task_id)
+            if result is not None:
+                claims[i] = Claim(ClaimState.DONE, result=result)
+                continue
+            # expired meanwhile, or its record is gone from the topic: run it again
+            self._ledger.forget(task_id)
+            (claims[i],) = self._ledger.claim([task_id], self.consumer_id, self.lease_ms)
+        return claims
+
+    async def _read_results(self, where: Mapping[str, tuple[int, int]]) -> dict[str, bytes]:
+        """The stored results of finished tasks, read back from their ledger records."""
+        if not where:
+            return {}
+        wanted: dict[TopicPartition, dict[int, str]] = {}
+        for task_id, (partition, offset) in where.items():
+            wanted.setdefault(TopicPartition(self._ledger_topic, partition), {})[offset] = task_id
+        last = {tp: max(offsets) for tp, offsets in wanted.items()}
+        found: dict[str, bytes] = {}
+
+        def take(tp: TopicPartition, records: Sequence[Any]) -> bool:
+            offsets = wanted[tp]
+            for record in records:
+                task_id = offsets.get(record.offset)
+                if task_id is None or record.key != task_id.encode():
+                    continue  # not one we need (or the offset holds another task's record)
+                entry = decode_result(record.value)
+                if entry is not None:
+                    found[task_id] = entry[0]
+            return bool(records[-1].offset >= last[tp])  # past the last one we need: stop
+
+        starts = {tp: min(offsets) for tp, offsets in wanted.items()}
+        async with self._reader_lock:
+            with translated(f"read {self._ledger_topic}"):
+                await read_to_end(self._reader, starts, take, timeout=_READ_BACK_TIMEOUT_S)
+        return found
 
     # committing ----------------------------------------------------------------------
 
@@ -502,11 +550,12 @@ class KafkaTaskConsumer(TaskConsumer):
         deliveries = [TopicPartition(self._deliveries_topic, p) for p in partitions]
         try:
             # the ends from a Fetch: Tansu's ListOffsets undercounts them (kafka.py, quirk 1)
-            ends = await high_watermarks(self._reader, ledger)
-            keep = self._ledger.max_results
-            starts = {tp: max(0, ends.get(tp, 0) - keep) for tp in ledger}
-            await read_to_end(self._reader, starts, lambda _tp, recs: self._ledger.load(recs))
-            last = await last_records(self._reader, deliveries)
+            async with self._reader_lock:
+                ends = await high_watermarks(self._reader, ledger)
+                keep = self._ledger.max_results
+                starts = {tp: max(0, ends.get(tp, 0) - keep) for tp in ledger}
+                await read_to_end(self._reader, starts, lambda _tp, recs: self._ledger.load(recs))
+                last = await last_records(self._reader, deliveries)
         except (BrokerUnavailable, KafkaError) as exc:
             # Consuming without them is still at-least-once; counts/replays may be missed.
             log.warning("kafka: could not load ledger/deliveries of %s: %s", self._topic, exc)

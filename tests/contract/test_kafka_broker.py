@@ -322,6 +322,28 @@ async def test_a_new_member_loads_only_the_newest_ledger_records(
         await b.close()
 
 
+async def test_a_result_that_cannot_be_read_back_is_run_again(kafka_url: str, unique: str) -> None:
+    """The table holds where a result is; if the record there is not that task's (or is
+    gone), the task id is treated as unknown and claimed, never answered wrongly."""
+    async with kafka(kafka_url, partitions=1) as broker:
+        await broker.publish([task(unique, 1)])
+        a = await member(broker, unique, "a")
+        (d,) = await take(a, 1)
+        await a.complete(d, remember=Remember("task-1", b'{"out": 1}', ttl_ms=60_000))
+        (done,) = await a.claim(["task-1"])
+        assert (done.state, done.result) == (ClaimState.DONE, b'{"out": 1}')
+        table = broker.ledger_table(unique)
+        where = table.location("task-1")
+        assert where is not None
+        expires = time.time_ns() // 1_000_000 + 60_000
+        table.remember("task-2", where[0], where[1], expires)  # task-1's record
+        table.remember("task-1", where[0], where[1] + 1_000, expires)  # past the end
+        again, other = await asyncio.wait_for(a.claim(["task-1", "task-2"]), 30)
+        assert again.state is ClaimState.CLAIMED and other.state is ClaimState.CLAIMED
+        assert table.location("task-1") is None and table.location("task-2") is None
+        await a.close()
+
+
 # --------------------------------------------------------------------------- repair, errors
 
 

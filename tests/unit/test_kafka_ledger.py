@@ -1,8 +1,11 @@
-"""The Kafka worker's in-process ledger table stays bounded however many tasks it finishes."""
+"""The Kafka worker's in-process ledger table stays small and bounded however many tasks
+it finishes."""
 
 from __future__ import annotations
 
 import time
+import tracemalloc
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -19,49 +22,78 @@ def _later_ms() -> int:
 def test_keeps_only_the_newest_results() -> None:
     table = LedgerTable(max_results=1_000)
     for i in range(20_000):
-        table.remember(f"t{i}", b"r%d" % i, _later_ms())
+        table.remember(f"t{i}", 3, 100 + i, _later_ms())
     assert len(table) == 1_000
-    assert table.result("t19999") == b"r19999"
-    assert table.result("t19000") == b"r19000"
-    assert table.result("t18999") is None  # evicted: it would be run again, not answered
+    assert table.location("t19999") == (3, 20_099)
+    assert table.location("t19000") == (3, 19_100)
+    assert table.location("t18999") is None  # evicted: it would be run again, not answered
     (claim,) = table.claim(["t19500"], "me", 10_000)
-    assert claim.state is ClaimState.DONE and claim.result == b"r19500"
+    assert claim.state is ClaimState.DONE  # the consumer reads its result back
 
 
 def test_remembering_again_makes_an_entry_newest() -> None:
     table = LedgerTable(max_results=2)
-    table.remember("a", b"1", _later_ms())
-    table.remember("b", b"2", _later_ms())
-    table.remember("a", b"3", _later_ms())
-    table.remember("c", b"4", _later_ms())
-    assert table.result("a") == b"3"
-    assert table.result("b") is None
-    assert table.result("c") == b"4"
+    table.remember("a", 0, 1, _later_ms())
+    table.remember("b", 0, 2, _later_ms())
+    table.remember("a", 0, 3, _later_ms())
+    table.remember("c", 0, 4, _later_ms())
+    assert table.location("a") == (0, 3)
+    assert table.location("b") is None
+    assert table.location("c") == (0, 4)
+
+
+def test_an_entry_costs_its_key_and_one_int_whatever_the_result_size() -> None:
+    """A location, not the result: 10,000 no-op results held 5.2 MB as bytes."""
+    table = LedgerTable(max_results=10_000)
+    tracemalloc.start()
+    try:
+        for i in range(20_000):
+            table.remember(uuid.uuid4().hex, 11, 2**40 + i, _later_ms())
+        size = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert size < 2.5 * 2**20, f"{size / 2**20:.1f} MB for 10,000 entries"
+
+
+def test_locations_round_trip_large_offsets_and_partitions() -> None:
+    table = LedgerTable()
+    table.remember("t", 999_999, 2**62 + 7, _later_ms())
+    assert table.location("t") == (999_999, 2**62 + 7)
+
+
+def test_expired_entries_are_not_done() -> None:
+    table = LedgerTable()
+    table.remember("t", 0, 5, time.time_ns() // 1_000_000 - 2_000)
+    assert table.location("t") is None
+    (claim,) = table.claim(["t"], "me", 10_000)
+    assert claim.state is ClaimState.CLAIMED
 
 
 def test_loading_a_partition_keeps_its_newest_records() -> None:
     table = LedgerTable(max_results=100)
     expires = _later_ms()
     records = [
-        SimpleNamespace(key=f"t{i}".encode(), value=encode_result(b"x", expires))
+        SimpleNamespace(
+            key=f"t{i}".encode(), value=encode_result(b"x", expires), partition=2, offset=i
+        )
         for i in range(5_000)
     ]
     table.load(records)
     assert len(table) == 100
-    assert table.result("t4999") == b"x"
-    assert table.result("t4899") is None
+    assert table.location("t4999") == (2, 4999)
+    assert table.location("t4899") is None
 
 
 def test_tombstones_and_expired_records_are_dropped_on_load() -> None:
     table = LedgerTable(max_results=10)
-    table.remember("gone", b"x", _later_ms())
+    table.remember("gone", 0, 0, _later_ms())
     table.load(
         [
-            SimpleNamespace(key=b"gone", value=None),
-            SimpleNamespace(key=b"old", value=encode_result(b"x", 1)),
+            SimpleNamespace(key=b"gone", value=None, partition=0, offset=1),
+            SimpleNamespace(key=b"old", value=encode_result(b"x", 1), partition=0, offset=2),
         ]
     )
-    assert table.result("gone") is None and table.result("old") is None
+    assert table.location("gone") is None and table.location("old") is None
     assert len(table) == 0
 
 
