@@ -75,7 +75,7 @@ class System:
         return f"{self.name}/{self.broker}"
 
 
-def _murmur_worker(req: WorkerRequest, python: str) -> WorkerSpec:
+def _murmur_worker(req: WorkerRequest, python: str | None) -> WorkerSpec:
     env = {AGENT_ENV: req.agent, "MURMUR_LOG_FORMAT": "json", SIGNING_KEYS: ""}
     if req.signing_key is not None:
         env[SIGNING_KEYS] = req.signing_key.hex()
@@ -95,10 +95,8 @@ def murmur_system(broker: str, url: str, python: str | None = None) -> System:
     ``python`` runs the workers (default: this interpreter); see ``worker_python`` in
     ``benchmarks/run.py`` for why a run may want a separate environment.
     """
-    exe = python or sys.executable
-    return System(
-        "murmur", broker, url, functools.partial(_murmur_worker, python=exe), _murmur_driver
-    )
+    worker = functools.partial(_murmur_worker, python=python)
+    return System("murmur", broker, url, worker, _murmur_driver)
 
 
 @dataclass

@@ -103,6 +103,12 @@ class _Subscription:
     handler_ms: float = 0.0  # moving average of the runtime's duration per task
 
 
+def _stale(sub: _Subscription, claimed_at: float) -> bool:
+    """A claim that waited this long for a slot is re-checked before its task runs: the
+    worker may have stalled past its leases (see ``Worker._still_ours``)."""
+    return time.monotonic() - claimed_at > sub.consumer.lease_ms / 2000
+
+
 def _resolve_active(sub: _Subscription, task_id: str) -> None:
     """This worker no longer runs ``task_id``: release local twins waiting on it."""
     done = sub.active.pop(task_id, None)
@@ -549,7 +555,6 @@ class Worker:
         """
         assert self._slots is not None
         slots, ready = self._slots, sub.ready
-        stale_after = sub.consumer.lease_ms / 2000
         burst = 0
         while True:
             if not ready:
@@ -562,25 +567,19 @@ class Worker:
                     burst = 0
                     await asyncio.sleep(0)  # see _SLOW_HANDLER_MS
             await self._acquire_slot(sub)
-            if not ready:  # a slot that freed meanwhile took the task
+            head = self._next_ready(sub)
+            if head is None:  # a slot that freed meanwhile took it, or it was handed back
                 slots.release()
                 continue
             d, task, claimed_at = ready.popleft()
-            if d not in sub.waiting:  # handed back meanwhile
-                slots.release()
-                _resolve_active(sub, task.task_id)
-                continue
             try:
-                if time.monotonic() - claimed_at > stale_after and not await self._still_ours(
-                    sub, d, task
-                ):
+                if _stale(sub, claimed_at) and not await self._still_ours(sub, d, task):
                     slots.release()
                     continue
             except BaseException:
                 slots.release()
                 raise
-            sub.waiting.remove(d)
-            self.stats.in_flight += 1
+            self._started(sub, d)
             self._spawn(self._execute(sub, d, task))
 
     async def _acquire_slot(self, sub: _Subscription) -> None:
@@ -610,20 +609,30 @@ class Worker:
             or self._slot_waiters > sub.slot_waiters
         ):
             return None
+        head = self._next_ready(sub)
+        if head is None or _stale(sub, head[2]):
+            return None
+        d, task, _ = sub.ready.popleft()
+        self._started(sub, d)
+        return d, task
+
+    @staticmethod
+    def _next_ready(sub: _Subscription) -> tuple[Delivery, TaskMessage[msgspec.Raw], float] | None:
+        """The oldest claimed task still waiting to start, left in ``sub.ready``; tasks
+        handed back meanwhile are dropped from its head."""
         ready = sub.ready
         while ready:
-            d, task, claimed_at = ready[0]
-            if d not in sub.waiting:  # handed back meanwhile
-                ready.popleft()
-                _resolve_active(sub, task.task_id)
-                continue
-            if time.monotonic() - claimed_at > sub.consumer.lease_ms / 2000:
-                return None
+            head = ready[0]
+            if head[0] in sub.waiting:
+                return head
             ready.popleft()
-            sub.waiting.remove(d)
-            self.stats.in_flight += 1
-            return d, task
+            _resolve_active(sub, head[1].task_id)
         return None
+
+    def _started(self, sub: _Subscription, d: Delivery) -> None:
+        """``d`` is no longer waiting: it runs now, on a slot its caller holds."""
+        sub.waiting.remove(d)
+        self.stats.in_flight += 1
 
     async def _still_ours(
         self, sub: _Subscription, d: Delivery, task: TaskMessage[msgspec.Raw]
@@ -726,13 +735,14 @@ class Worker:
                 result = await self.runtime.run(
                     sub.agent, task, delivery_count=d.delivery_count, sink=sink
                 )
-            except BaseException as exc:  # cancelled at shutdown, or a bug: hand it back
+            except Exception as exc:  # a bug: hand it back rather than lose it
                 self._slots.release()
-                if isinstance(exc, Exception):
-                    self._log_completion_failed(sub, task, exc)
+                self._log_completion_failed(sub, task, exc)
                 await self._unfinished(sub, d, task)
-                if isinstance(exc, Exception):
-                    return
+                return
+            except BaseException:  # cancelled at shutdown: hand it back for another worker
+                self._slots.release()
+                await self._unfinished(sub, d, task)
                 raise
             # The handler is done: its slot runs the next task while this result is written
             # and acknowledged (the credit still bounds deliveries held but not answered).
