@@ -403,3 +403,22 @@ async def test_outage_surfaces_as_broker_unavailable(owned_kafka: Any, unique: s
             await broker.publish([task(unique, 1)])
         assert time.monotonic() - started < 10
         assert not await broker.ping(timeout=1.0)
+
+
+async def test_reading_a_stored_result_back_during_an_outage_fails_clearly(
+    owned_kafka: Any, unique: str
+) -> None:
+    """A duplicate's result is read back from the ledger topic; with the server gone the
+    claim raises BrokerUnavailable (the worker hands the batch back), it neither hangs
+    nor answers without the result."""
+    async with kafka(owned_kafka.url, partitions=1, request_timeout_ms=2000) as broker:
+        await broker.publish([task(unique, 1)])
+        a = await member(broker, unique, "a")
+        (d,) = await take(a, 1)
+        await a.complete(d, remember=Remember("task-1", b'{"out": 1}', ttl_ms=60_000))
+        await asyncio.to_thread(owned_kafka.kill)
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match="ledger"):
+            await a.claim(["task-1"])
+        assert time.monotonic() - started < 20
+        await a.close()
