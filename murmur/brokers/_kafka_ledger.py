@@ -19,7 +19,7 @@ the last ones finished before their offsets were committed; duplicate submission
 arrive close together). An older duplicate is run again: at-least-once, as documented.
 
 The table holds where each result is in the topic (partition, offset, expiry: one int,
-~160 bytes an entry with its key), not the result: a duplicate is rare, and reading its
+~200 bytes an entry with its key), not the result: a duplicate is rare, and reading its
 record back then costs one fetch, while 10,000 no-op results held ~5 MB per agent.
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -80,8 +81,10 @@ class LedgerTable:
         if max_results < 1:
             raise ValueError(f"max_results must be >= 1, got {max_results}")
         self.max_results = max_results
-        # insertion-ordered: the first entries are the oldest, evicted first
-        self._done: dict[str, int] = {}  # task id -> _pack(partition, offset, expiry)
+        # the first entries are the oldest, evicted first. An OrderedDict, not a dict:
+        # deleting a dict's first key leaves a hole that every later ``next(iter())``
+        # scans past, which made eviction cost O(holes) per finished task.
+        self._done: OrderedDict[str, int] = OrderedDict()  # id -> _pack(partition, ...)
         self._claims: dict[str, tuple[str, float]] = {}
         self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
         self.records_loaded = 0  # ledger records read from the topic (tests, diagnostics)
@@ -96,7 +99,7 @@ class LedgerTable:
         done[task_id] = _pack(partition, offset, expires_at_ms)
         self._claims.pop(task_id, None)
         if len(done) > self.max_results:
-            del done[next(iter(done))]
+            done.popitem(last=False)
         self._maybe_sweep()
 
     def forget(self, task_id: str) -> None:
@@ -166,5 +169,5 @@ class LedgerTable:
             return
         self._next_sweep = mono + _SWEEP_EVERY_S
         now = _wall_ms()
-        self._done = {k: v for k, v in self._done.items() if _expires_ms(v) > now}
+        self._done = OrderedDict((k, v) for k, v in self._done.items() if _expires_ms(v) > now)
         self._claims = {k: v for k, v in self._claims.items() if v[1] > mono}
