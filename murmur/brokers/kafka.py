@@ -241,7 +241,7 @@ class KafkaBroker(Broker):
         self._groups: dict[str, Any] = {}
         self._ledgers: dict[str, LedgerTable] = {}
         self._owned: set[KafkaTaskConsumer | KafkaSubscription] = set()
-        self._publish_where = f"publish ({self.display_url})"
+        self.publish_where = f"publish ({self.display_url})"
         self._presence = PresenceView()
         quiet_client_logs()
 
@@ -422,26 +422,30 @@ class KafkaBroker(Broker):
     async def publish(self, messages: Sequence[Outbound]) -> None:
         if not messages:
             return
+        try:
+            if len(messages) == 1:  # one event or message: no gather
+                (sent,) = await self.enqueue(messages)
+                await sent
+                return
+            await asyncio.gather(*await self.enqueue(messages))
+        except CLIENT_ERRORS as exc:
+            raise unavailable(self.publish_where, exc) from exc
+
+    async def enqueue(self, messages: Sequence[Outbound]) -> list[asyncio.Future[Any]]:
+        """Hand ``messages`` to the producer; each future resolves when Kafka has it.
+
+        Callers await the futures together with their other writes, so that a completion's
+        records go out in one produce request instead of one round trip each.
+        """
         known = self._known
         for m in messages:
             if m.topic not in known:
                 await self._ensure_topic(m.topic)
         producer = self.producer
-        try:
-            if len(messages) == 1:  # the hot path: one result per completed task
-                m = messages[0]
-                sent = await producer.send(
-                    m.topic, m.body, key=m.key, headers=_wire_headers(m.headers)
-                )
-                await sent
-                return
-            futures = [
-                await producer.send(m.topic, m.body, key=m.key, headers=_wire_headers(m.headers))
-                for m in messages
-            ]
-            await asyncio.gather(*futures)
-        except CLIENT_ERRORS as exc:
-            raise unavailable(self._publish_where, exc) from exc
+        return [
+            await producer.send(m.topic, m.body, key=m.key, headers=_wire_headers(m.headers))
+            for m in messages
+        ]
 
     # consuming -----------------------------------------------------------------------
 
