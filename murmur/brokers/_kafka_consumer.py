@@ -30,13 +30,13 @@ from murmur.brokers._kafka_io import (
     translated,
     unavailable,
 )
-from murmur.brokers._kafka_ledger import decode_result, encode_result
+from murmur.brokers._kafka_ledger import decode_results
 from murmur.brokers._kafka_offsets import DeliveryRuns, PartitionState
+from murmur.brokers._kafka_writer import CompletionWriter
 from murmur.brokers.base import Claim, ClaimState, Delivery, Outbound, Remember, TaskConsumer
 from murmur.errors import BrokerUnavailable
 from murmur.messages import headers as wire
 from murmur.messages import topics
-from murmur.runtime.inline import consume_exception
 
 if TYPE_CHECKING:
     from murmur.brokers.kafka import KafkaBroker
@@ -150,8 +150,8 @@ class KafkaTaskConsumer(TaskConsumer):
         self._topic = topics.task_topic(agent)
         self._deliveries_topic = deliveries_topic(agent)
         self._ledger_topic = ledger_topic(agent)
-        self._ledger_where = f"write to {self._ledger_topic}"
         self._ledger = broker.ledger_table(agent)
+        self._writer = CompletionWriter(broker, self._ledger_topic)
         self._session_ms = session_timeout_ms(self.lease_ms, broker.session_timeout_ms)
         self._parts: dict[int, PartitionState] = {}
         self._limbo: dict[int, PartitionState] = {}  # revoked, maybe handed back
@@ -350,44 +350,23 @@ class KafkaTaskConsumer(TaskConsumer):
         publish: Sequence[Outbound] = (),
         remember: Remember | None = None,
     ) -> None:
-        """Write the ledger record and the result together, then mark the offset finished.
+        """Store the ledger entry and the result, then mark the offset finished.
 
-        Both are awaited before the offset can be committed, so their order does not matter
-        for safety: a crash after only the ledger record landed redelivers a task the ledger
-        answers; after only the result landed, the task runs again and the client drops the
-        second result (at-least-once). Sending them in one produce request instead of one
-        after the other halves the requests per completion and a round trip of latency.
+        The completions of a loop turn are written together (``_kafka_writer``). Both
+        records are stored before the offset can be committed, so their order does not
+        matter for safety: a crash after only the ledger entry landed redelivers a task the
+        ledger answers; after only the result landed, the task runs again and the client
+        drops the second result (at-least-once).
         """
         assert isinstance(delivery, KafkaDelivery)
-        broker = self._broker
-        stored: asyncio.Future[Any] | None = None
-        sent: Sequence[asyncio.Future[Any]] = ()
-        where = self._ledger_where
-        task_id, expires = "", 0
-        try:
-            if remember is not None:
-                task_id, expires = remember.task_id, time.time_ns() // 1_000_000 + remember.ttl_ms
-                stored = await broker.producer.send(
-                    self._ledger_topic,
-                    encode_result(remember.result, expires),
-                    key=task_id.encode(),
-                    partition=delivery.partition,
-                )
-            where = broker.publish_where
-            if publish:
-                sent = await broker.enqueue(publish)
-            if stored is not None:
-                where = self._ledger_where
-                offset = (await stored).offset
-                self._ledger.remember(task_id, delivery.partition, offset, expires)
-            where = broker.publish_where
-            for future in sent:
-                await future
-        except CLIENT_ERRORS as exc:
-            for pending in (stored, *sent):  # failed together: retrieve, don't warn
-                if pending is not None:
-                    pending.add_done_callback(consume_exception)
-            raise unavailable(where, exc) from exc
+        if remember is None:
+            await self._writer.write(delivery.partition, None, publish)
+        else:
+            expires = time.time_ns() // 1_000_000 + remember.ttl_ms
+            entry = (remember.task_id.encode(), remember.result, expires)
+            offset = await self._writer.write(delivery.partition, entry, publish)
+            assert offset is not None
+            self._ledger.remember(remember.task_id, delivery.partition, offset, expires)
         self._finish(delivery)
 
     def _finish(self, delivery: KafkaDelivery) -> None:
@@ -454,21 +433,22 @@ class KafkaTaskConsumer(TaskConsumer):
         """The stored results of finished tasks, read back from their ledger records."""
         if not where:
             return {}
-        wanted: dict[TopicPartition, dict[int, str]] = {}
+        wanted: dict[TopicPartition, dict[int, set[str]]] = {}
         for task_id, (partition, offset) in where.items():
-            wanted.setdefault(TopicPartition(self._ledger_topic, partition), {})[offset] = task_id
+            tp = TopicPartition(self._ledger_topic, partition)
+            wanted.setdefault(tp, {}).setdefault(offset, set()).add(task_id)
         last = {tp: max(offsets) for tp, offsets in wanted.items()}
         found: dict[str, bytes] = {}
 
         def take(tp: TopicPartition, records: Sequence[Any]) -> bool:
             offsets = wanted[tp]
             for record in records:
-                task_id = offsets.get(record.offset)
-                if task_id is None or record.key != task_id.encode():
-                    continue  # not one we need (or the offset holds another task's record)
-                entry = decode_result(record.value)
-                if entry is not None:
-                    found[task_id] = entry[0]
+                ids = offsets.get(record.offset)
+                if not ids:
+                    continue
+                # an entry of another task id (the offset holds another record) is no answer
+                entries = decode_results(record.key, record.value)
+                found.update({tid: result for tid, result, _ in entries if tid in ids})
             return bool(records[-1].offset >= last[tp])  # past the last one we need: stop
 
         starts = {tp: min(offsets) for tp, offsets in wanted.items()}

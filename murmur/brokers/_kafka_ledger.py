@@ -1,7 +1,9 @@
 """The Kafka ledger: finished task results in a compacted topic, claims in process memory.
 
 ``murmur.<agent>.ledger`` has as many partitions as the task topic; the result of a task
-that came from task partition *p* is written to ledger partition *p*, keyed by task id.
+that came from task partition *p* is written to ledger partition *p*. A record holds the
+results of all tasks a worker finished in one loop turn (version 2, keyed by its first
+task id; version 1 records, one result keyed by its task id, are still read).
 Only the member owning task partition *p* receives the tasks of *p* (every copy of a task
 id lands in the same partition because tasks are keyed by task id), so when a member is
 assigned *p* it loads ledger partition *p* and can answer any replay of those tasks.
@@ -19,7 +21,7 @@ the last ones finished before their offsets were committed; duplicate submission
 arrive close together). An older duplicate is run again: at-least-once, as documented.
 
 The table holds where each result is in the topic (partition, offset, expiry: one int,
-~200 bytes an entry with its key), not the result: a duplicate is rare, and reading its
+~220 bytes an entry with its key), not the result: a duplicate is rare, and reading its
 record back then costs one fetch, while 10,000 no-op results held ~5 MB per agent.
 """
 
@@ -34,24 +36,53 @@ from typing import Any
 
 from murmur.brokers.base import Claim, ClaimState
 
-_VERSION = 1
-_HEADER = struct.Struct(">BQ")  # version, expires at (unix ms)
+_VERSION = 1  # one result, keyed by its task id (written before batching; still read)
+_BATCH_VERSION = 2  # several results: entries of (id length, result length, expiry)
+_HEADER = struct.Struct(">BQ")  # version 1: version, expires at (unix ms)
+_ENTRY = struct.Struct(">HIQ")  # version 2, per entry: then the id and the result bytes
+ENTRY_HEADER_SIZE = _ENTRY.size
 _SWEEP_EVERY_S = 60.0
-DEFAULT_MAX_RESULTS = 10_000  # ~1.6 MB of table
+DEFAULT_MAX_RESULTS = 10_000  # ~2.2 MB of table
 
 
 def encode_result(result: bytes, expires_at_ms: int) -> bytes:
+    """A version 1 record: one result; its key is the task id."""
     return _HEADER.pack(_VERSION, expires_at_ms) + result
 
 
-def decode_result(value: bytes | None) -> tuple[bytes, int] | None:
-    """(result, expires_at_ms) of a stored record, or None for a tombstone/unknown version."""
-    if value is None or len(value) < _HEADER.size:
-        return None
-    version, expires = _HEADER.unpack_from(value)
-    if version != _VERSION:
-        return None
-    return value[_HEADER.size :], expires
+def encode_results(entries: Sequence[tuple[bytes, bytes, int]]) -> bytes:
+    """A version 2 record: (task id, result, expires at ms) entries."""
+    parts = [b"\x02"]
+    for task_id, result, expires_at_ms in entries:
+        parts += (_ENTRY.pack(len(task_id), len(result), expires_at_ms), task_id, result)
+    return b"".join(parts)
+
+
+def decode_results(key: bytes | None, value: bytes | None) -> list[tuple[str, bytes, int]]:
+    """(task id, result, expires at ms) of each entry of a ledger record; [] for a
+    tombstone, a truncated record or an unknown version."""
+    if not value:
+        return []
+    if value[0] == _VERSION:
+        if key is None or len(value) < _HEADER.size:
+            return []
+        return [
+            (key.decode("utf-8", "replace"), value[_HEADER.size :], _HEADER.unpack_from(value)[1])
+        ]
+    if value[0] != _BATCH_VERSION:
+        return []
+    out = []
+    at, end = 1, len(value)
+    while at + _ENTRY.size <= end:
+        id_len, result_len, expires = _ENTRY.unpack_from(value, at)
+        at += _ENTRY.size
+        if at + id_len + result_len > end:
+            break  # truncated: keep the whole entries before it
+        task_id = value[at : at + id_len].decode("utf-8", "replace")
+        at += id_len
+        out.append((task_id, value[at : at + result_len], expires))
+        at += result_len
+    return out
 
 
 def _wall_ms() -> int:
@@ -114,11 +145,13 @@ class LedgerTable:
             self.records_loaded += 1
             if record.key is None:
                 continue
-            task_id = record.key.decode("utf-8", "replace")
-            entry = decode_result(record.value)
-            done.pop(task_id, None)
-            if entry is not None and entry[1] > now:
-                done[task_id] = _pack(record.partition, record.offset, entry[1])
+            if record.value is None:  # a tombstone: the task id is unknown again
+                done.pop(record.key.decode("utf-8", "replace"), None)
+                continue
+            for task_id, _, expires in decode_results(record.key, record.value):
+                done.pop(task_id, None)
+                if expires > now:
+                    done[task_id] = _pack(record.partition, record.offset, expires)
         excess = len(done) - self.max_results
         if excess > 0:
             for task_id in list(itertools.islice(done, excess)):

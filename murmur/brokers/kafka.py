@@ -19,11 +19,12 @@ How the contract maps onto Kafka:
   running tasks on their owner (``_kafka_assignor``): a slow task is never run twice.
 * **Prefetch**: ``fetch(n)`` asks aiokafka for at most ``max_outstanding - outstanding``
   records; at the limit the member's partitions are paused.
-* **Ack**: ``complete()`` writes the ledger record, publishes, then marks the offset
-  finished; a background committer commits per partition the highest contiguous finished
-  offset + 1 (one commit in flight, later completions ride on the next one), and again on
-  revocation and close. The commit is therefore asynchronous: after a crash a finished
-  task can come back, and the ledger answers it.
+* **Ack**: ``complete()`` stores the ledger entry and the result (the completions of a
+  loop turn together, ``_kafka_writer``), then marks the offset finished; a background
+  committer commits per partition the highest contiguous finished offset + 1 (one commit
+  in flight, later completions ride on the next one), and again on revocation and close.
+  The commit is therefore asynchronous: after a crash a finished task can come back, and
+  the ledger answers it.
 * **Delivery count**: ``murmur.<agent>.deliveries`` (compacted, one record per task
   partition) holds how often each uncommitted offset was handed out; it is written before
   a batch is handed out and read by the next owner (``_kafka_offsets``). ``release()``

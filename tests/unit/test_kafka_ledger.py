@@ -3,6 +3,7 @@ it finishes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import tracemalloc
 import uuid
@@ -10,7 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from murmur.brokers._kafka_ledger import LedgerTable, encode_result
+from murmur.brokers._kafka_ledger import (
+    LedgerTable,
+    decode_results,
+    encode_result,
+    encode_results,
+)
+from murmur.brokers._kafka_writer import MAX_RECORD_BYTES, _Completion, _ledger_chunks
 from murmur.brokers.base import ClaimState
 from murmur.errors import ConfigurationError
 
@@ -109,3 +116,50 @@ def test_the_bound_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MURMUR_KAFKA_LEDGER_RESULTS", "many")
     with pytest.raises(ConfigurationError, match="MURMUR_KAFKA_LEDGER_RESULTS"):
         KafkaBroker()
+
+
+def test_a_batch_record_round_trips_its_entries() -> None:
+    entries = [(b"t1", b'{"a": 1}', 5), ("tâche".encode(), b"", 2**40), (b"t3", b"x" * 70_000, 7)]
+    decoded = decode_results(b"t1", encode_results(entries))
+    assert decoded == [(tid.decode(), result, expires) for tid, result, expires in entries]
+
+
+def test_version_1_records_are_still_read() -> None:
+    assert decode_results(b"t", encode_result(b"r", 9)) == [("t", b"r", 9)]
+    assert decode_results(None, encode_result(b"r", 9)) == []
+
+
+def test_damaged_or_unknown_records_yield_only_whole_entries() -> None:
+    value = encode_results([(b"a", b"1", 5), (b"b", b"2", 6)])
+    assert decode_results(b"a", value[:-1]) == [("a", b"1", 5)]
+    assert decode_results(b"a", b"\x07" + value[1:]) == []
+    assert decode_results(b"a", None) == decode_results(b"a", b"") == []
+
+
+def test_loading_a_batch_record_remembers_every_entry() -> None:
+    table = LedgerTable(max_results=10)
+    expires = _later_ms()
+    value = encode_results([(b"a", b"1", expires), (b"b", b"2", 1), (b"c", b"3", expires)])
+    table.load([SimpleNamespace(key=b"a", value=value, partition=4, offset=9)])
+    assert table.location("a") == table.location("c") == (4, 9)
+    assert table.location("b") is None  # expired
+
+
+def test_ledger_records_are_split_by_partition_and_size() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        big = b"x" * (MAX_RECORD_BYTES // 3)
+        batch = [
+            _Completion(p, (b"t%d" % i, big if p == 2 else b"r", 1), (), loop.create_future())
+            for i, p in enumerate([0, 0, 1, 2, 2, 2])
+        ]
+        batch.insert(2, _Completion(0, None, (), loop.create_future()))  # no ledger entry
+        chunks = _ledger_chunks(batch)
+    finally:
+        loop.close()
+    assert [[c.entry[0] for c in chunk if c.entry] for chunk in chunks] == [
+        [b"t0", b"t1"],
+        [b"t2"],
+        [b"t3", b"t4"],  # a third would pass MAX_RECORD_BYTES
+        [b"t5"],
+    ]
