@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import re
 import socket
@@ -260,11 +261,32 @@ async def _serve(worker: Worker, metrics_port: int | None, metrics_host: str) ->
         await server.start()
         note(f"metrics on http://{metrics_host}:{server.port}/metrics (/health, /ready)")
     orphan_watchdog()
+    tune_gc()
     try:
         await worker.run()
     finally:
         if server is not None:
             await server.stop()
+
+
+# Young-generation collections every 700 container allocations cost a busy worker about 7 %
+# of its CPU on no-op tasks (gc.callbacks, Kafka, this VM); at 10,000 they cost under 1 %.
+# Nearly all of a task's objects die by reference counting, so little waits for them.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect less often, and never walk the objects of startup again.
+
+    ``gc.freeze()`` moves what is alive now (modules, the app, its agents) out of the
+    collector's reach, so full collections walk only what the worker made since. Only the
+    ``murmur worker`` process does this: the process is ours. An application that embeds
+    :class:`~murmur.Worker` keeps its own settings.
+    """
+    gc.collect()
+    gc.freeze()
+    young, *older = gc.get_threshold()
+    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), *older)
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
