@@ -132,19 +132,26 @@ class CompletionWriter:
 def _ledger_chunks(batch: Iterable[_Completion]) -> list[list[_Completion]]:
     """The completions with a ledger entry, by partition, in records of at most
     ``MAX_RECORD_BYTES`` (or one larger entry)."""
-    by_partition: dict[int, list[list[_Completion]]] = {}
-    sizes: dict[int, int] = {}
+    by_partition: dict[int, list[_Completion]] = {}
     for c in batch:
-        if c.entry is None:
+        if c.entry is not None:
+            by_partition.setdefault(c.partition, []).append(c)
+    chunks: list[list[_Completion]] = []
+    for group in by_partition.values():
+        sizes = [ENTRY_HEADER_SIZE + len(c.entry[0]) + len(c.entry[1]) for c in group]  # type: ignore[index]
+        if sum(sizes) <= MAX_RECORD_BYTES:
+            chunks.append(group)
             continue
-        n = ENTRY_HEADER_SIZE + len(c.entry[0]) + len(c.entry[1])
-        chunks = by_partition.setdefault(c.partition, [[]])
-        if chunks[-1] and sizes.get(c.partition, 0) + n > MAX_RECORD_BYTES:
-            chunks.append([])
-            sizes[c.partition] = 0
-        chunks[-1].append(c)
-        sizes[c.partition] = sizes.get(c.partition, 0) + n
-    return [chunk for chunks in by_partition.values() for chunk in chunks]
+        chunk: list[_Completion] = []
+        size = 0
+        for c, n in zip(group, sizes, strict=True):
+            if chunk and size + n > MAX_RECORD_BYTES:
+                chunks.append(chunk)
+                chunk, size = [], 0
+            chunk.append(c)
+            size += n
+        chunks.append(chunk)
+    return chunks
 
 
 def _broker_error(where: str, exc: Exception) -> Exception:

@@ -156,7 +156,10 @@ class AgentRuntime:
                 worker_id=self.worker_id,
                 events=events,
             )
-            events.publish("task.started", {"attempt": attempt, "delivery_count": delivery_count})
+            if events.wanted:  # no payload dict per task when nobody listens
+                events.publish(
+                    "task.started", {"attempt": attempt, "delivery_count": delivery_count}
+                )
             try:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 output = await self._call(agent, value, ctx, remaining)
@@ -237,7 +240,8 @@ class AgentRuntime:
         except EncodeError as exc:
             error = ErrorInfo(type="EncodeError", message=str(exc), retryable=False)
             return self._failed(events, finish, error, attempt)
-        events.publish("task.completed", {"attempt": attempt})
+        if events.wanted:
+            events.publish("task.completed", {"attempt": attempt})
         return finish("ok", output=raw, attempt=attempt)
 
     @staticmethod
