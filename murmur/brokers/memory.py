@@ -80,9 +80,21 @@ class _Stream:
         self.notify()
 
     def notify(self) -> None:
-        # Broadcast: wake everyone waiting on the current event, then arm a fresh one.
+        # Broadcast: set() wakes every current waiter (their futures resolve), clear()
+        # makes later waiters wait for the next change. No Event per message.
         self.changed.set()
-        self.changed = asyncio.Event()
+        self.changed.clear()
+
+    def after(self, seq: int) -> list[_Entry]:
+        """Entries newer than ``seq``, oldest first; walks only those (the stream keeps up
+        to ``_CAP`` entries, and a subscriber asks after every message)."""
+        newer = []
+        for entry in reversed(self.entries.values()):
+            if entry.seq <= seq:
+                break
+            newer.append(entry)
+        newer.reverse()
+        return newer
 
     def trim_acked(self) -> None:
         """Drop entries every group has delivered and acknowledged (never pending ones)."""
@@ -325,8 +337,7 @@ class MemorySubscription(Subscription):
             stream = self._broker.hub.stream(self._topic)
             out = [
                 Message(e.body, e.headers, str(e.seq), e.timestamp_ms)
-                for seq, e in stream.entries.items()
-                if seq > self._pos
+                for e in stream.after(self._pos)
             ]
             if out:
                 self._pos = int(out[-1].id)
