@@ -5,7 +5,7 @@ group, run them, produce every result (sends awaited together), then commit the 
         --agent NAME --consumer-id c1
 
 Client settings match murmur's Kafka adapter where they change latency or cost
-(``fetch_max_wait_ms=100``, ``linger_ms=1``, ``acks="all"``), so the two are compared on
+(``fetch_max_wait_ms=100``, ``linger_ms=0``, ``acks="all"``), so the two are compared on
 the same footing.
 """
 
@@ -35,7 +35,7 @@ async def main() -> None:
         fetch_max_wait_ms=100,
         max_poll_records=args.batch,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks="all")
     await producer.start()
     await consumer.start()
     handler = Handler(args.consumer_id)

@@ -175,7 +175,8 @@ class KafkaBroker(Broker):
 
     Options: ``partitions`` for new task topics (default ``MURMUR_KAFKA_PARTITIONS`` or
     12), ``replication_factor`` (1), ``enable_idempotence`` (False: Tansu cannot),
-    ``linger_ms`` (1), ``connect_timeout`` seconds (10), ``request_timeout_ms`` (15000),
+    ``linger_ms`` (0: the producer sends what a loop turn queued right after that turn),
+    ``connect_timeout`` seconds (10), ``request_timeout_ms`` (15000),
     ``session_timeout_ms`` of task consumers (default ``min(reclaim_min_idle_ms, 10 s)``),
     ``fetch_max_wait_ms`` (100: the longest a fetch waits on the server; Tansu always waits
     that long, so it bounds task and result latency there), ``ledger_results`` (default
@@ -194,7 +195,7 @@ class KafkaBroker(Broker):
         partitions: int | None = None,
         replication_factor: int = 1,
         enable_idempotence: bool = False,
-        linger_ms: int = 1,
+        linger_ms: int = 0,
         connect_timeout: float = 10.0,
         request_timeout_ms: int = 15_000,
         session_timeout_ms: int | None = None,
