@@ -112,15 +112,20 @@ class CompletionWriter:
                             c.fail(_broker_error(self._broker.publish_where, exc))
                 if not c.failed and not c.stored.done():
                     c.stored.set_result(c.offset)
-        except BaseException as exc:  # cancelled (shutdown), or a bug: fail what is left
+        except BaseException as exc:  # a send that raised, shutdown, or a bug: fail the rest
             for record, _ in records:
                 record.add_done_callback(_retrieve)
             for c in batch:
                 for sent in c.sent:
                     sent.add_done_callback(_retrieve)
-                if not c.stored.done():
-                    c.fail(BrokerUnavailable(f"kafka {self._ledger_where}: {exc!r}"))
-            raise
+                if c.stored.done():
+                    continue
+                if isinstance(exc, Exception):  # a bug stays a bug: not retried as an outage
+                    c.fail(_broker_error(self._ledger_where, exc))
+                else:
+                    c.stored.cancel()
+            if not isinstance(exc, Exception):
+                raise
 
     async def _send(self, first: _Completion, value: bytes) -> asyncio.Future[Any]:
         assert first.entry is not None
