@@ -52,7 +52,7 @@ def encode_result(result: bytes, expires_at_ms: int) -> bytes:
 
 def encode_results(entries: Sequence[tuple[bytes, bytes, int]]) -> bytes:
     """A version 2 record: (task id, result, expires at ms) entries."""
-    parts = [b"\x02"]
+    parts = [bytes((_BATCH_VERSION,))]
     for task_id, result, expires_at_ms in entries:
         parts += (_ENTRY.pack(len(task_id), len(result), expires_at_ms), task_id, result)
     return b"".join(parts)

@@ -30,7 +30,7 @@ Entry = tuple[bytes, bytes, int]  # task id, result, expires at (unix ms)
 
 
 class _Completion:
-    __slots__ = ("entry", "failed", "offset", "partition", "publish", "sent", "stored")
+    __slots__ = ("entry", "offset", "partition", "publish", "sent", "stored")
 
     def __init__(
         self,
@@ -45,11 +45,10 @@ class _Completion:
         self.stored = stored
         self.sent: Sequence[asyncio.Future[Any]] = ()
         self.offset: int | None = None
-        self.failed = False
 
     def fail(self, exc: BaseException) -> None:
-        self.failed = True
-        if not self.stored.done():  # its caller may have been cancelled
+        """The first failure is the answer; a caller that was cancelled needs none."""
+        if not self.stored.done():
             self.stored.set_exception(exc)
 
 
@@ -108,9 +107,8 @@ class CompletionWriter:
                     try:
                         await sent
                     except Exception as exc:
-                        if not c.failed:
-                            c.fail(_broker_error(self._broker.publish_where, exc))
-                if not c.failed and not c.stored.done():
+                        c.fail(_broker_error(self._broker.publish_where, exc))
+                if not c.stored.done():  # neither failed nor cancelled
                     c.stored.set_result(c.offset)
         except BaseException as exc:  # a send that raised, shutdown, or a bug: fail the rest
             for record, _ in records:
@@ -118,11 +116,9 @@ class CompletionWriter:
             for c in batch:
                 for sent in c.sent:
                     sent.add_done_callback(_retrieve)
-                if c.stored.done():
-                    continue
                 if isinstance(exc, Exception):  # a bug stays a bug: not retried as an outage
                     c.fail(_broker_error(self._ledger_where, exc))
-                else:
+                elif not c.stored.done():
                     c.stored.cancel()
             if not isinstance(exc, Exception):
                 raise
