@@ -360,6 +360,31 @@ async def test_completions_of_one_loop_turn_share_a_ledger_record(
         await b.close()
 
 
+async def test_a_bug_in_a_completion_is_not_retried_as_an_outage(
+    kafka_url: str, unique: str
+) -> None:
+    """The worker retries BrokerUnavailable for ever; an error that is not the broker's
+    (here a result that is not bytes) must reach the completion as itself. A completion
+    that shared its write fails with it rather than hang, and is stored when retried."""
+    async with kafka(kafka_url, partitions=1) as broker:
+        await broker.publish([task(unique, i) for i in range(2)])
+        a = await member(broker, unique, "a")
+        bad, good = await take(a, 2)
+        broken = Remember("task-bad", "not bytes", 60_000)  # type: ignore[arg-type]
+        outcomes = await asyncio.gather(
+            a.complete(bad, remember=broken),
+            a.complete(good, remember=Remember("task-good", b"{}", 60_000)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, TypeError) for o in outcomes), outcomes
+        assert a.outstanding == 2  # neither marked finished: the whole write failed
+        await a.complete(good, remember=Remember("task-good", b"{}", 60_000))
+        assert a.outstanding == 1
+        (done,) = await a.claim(["task-good"])
+        assert (done.state, done.result) == (ClaimState.DONE, b"{}")
+        await a.close()
+
+
 async def test_a_result_that_cannot_be_read_back_is_run_again(kafka_url: str, unique: str) -> None:
     """The table holds where a result is; if the record there is not that task's (or is
     gone), the task id is treated as unknown and claimed, never answered wrongly."""
